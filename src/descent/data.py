@@ -1,0 +1,329 @@
+"""Datasets small enough to live whole on the training device, served as optimizer steps by index.
+
+The images are decoded once, normalised once and moved to the device once. An epoch is a seeded permutation cut
+into steps of B samples (B = N for batch gradient descent); a step larger than `chunk_size` is computed in chunks
+whose gradients add up to the exact gradient of the step. No per-sample Python, no PIL, no DataLoader.
+"""
+
+import gzip
+import logging
+import math
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+
+from descent.errors import DescentError, require
+
+log = logging.getLogger(__name__)
+
+EVAL_SETS = ("train", "val", "test")
+"""The sets evaluated after every epoch, in the order of `val_dataloader`."""
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_UBYTE = 0x08
+
+
+class Chunk(NamedTuple):
+    """Part of one optimizer step: its samples on this rank, and how its summed loss is scaled.
+
+    `loss_divisor` is the step's sample count over all ranks divided by the number of ranks, so that summed
+    chunk losses divided by it, then averaged over ranks by DDP, give the exact mean loss of the step.
+    """
+
+    x: Tensor
+    y: Tensor
+    loss_divisor: float
+    ends_step: bool
+
+
+class Batches:
+    """One epoch of optimizer steps of `batch_size` samples, each cut into chunks of at most `chunk_size`.
+
+    With `seed` the order is a fresh permutation per epoch (seeded by `seed` and the epoch, so a resumed run
+    draws the same ones); without it the order is fixed. Each step's samples are dealt to the ranks in turn,
+    so every sample is seen exactly once per epoch and the steps do not depend on the number of ranks.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        chunk_size: int,
+        seed: int | None = None,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.x, self.y = x, y
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.seed, self.epoch = seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def _chunks_per_step(self, step_size: int) -> int:
+        return max(1, math.ceil(math.ceil(step_size / self.world_size) / self.chunk_size))
+
+    def __len__(self) -> int:
+        full_steps, rest = divmod(len(self.y), self.batch_size)
+        return full_steps * self._chunks_per_step(self.batch_size) + (self._chunks_per_step(rest) if rest else 0)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        n = len(self.y)
+        if self.seed is None:
+            order = torch.arange(n, device=self.y.device)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
+            order = torch.randperm(n, generator=generator).to(self.y.device)
+        for start in range(0, n, self.batch_size):
+            step = order[start : start + self.batch_size]
+            mine = step[self.rank :: self.world_size] if self.world_size > 1 else step
+            n_chunks = self._chunks_per_step(len(step))
+            loss_divisor = len(step) / self.world_size
+            for i, index in enumerate(torch.tensor_split(mine, n_chunks)):
+                yield Chunk(self.x[index], self.y[index], loss_divisor, i == n_chunks - 1)
+
+
+def parse_size(value: int | str, n: int, key: str) -> int:
+    """A sample count from the config: a positive int up to `n`, or `full` for all `n`."""
+    if value == "full":
+        return n
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        f"{key}={value!r} is not allowed: give a positive number of samples, or `full`",
+    )
+    require(
+        value <= n,
+        f"{key}={value} is larger than the training set (N={n}): use at most {n}, or {key}=full",
+    )
+    return value
+
+
+class ImageData(LightningDataModule):
+    """A labelled image set held whole on the device; subclasses say where the images come from (`load`)."""
+
+    def __init__(
+        self,
+        batch_size: int | str = 64,
+        chunk_size: int | str = 8192,
+        val_size: int = 5000,
+        seed: int = 0,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
+        self.sets: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Training images, training labels, test images, test labels: images [N, ...], labels int64 [N]."""
+        raise NotImplementedError
+
+    @property
+    def num_train(self) -> int:
+        return len(self.sets["train"][1])
+
+    @property
+    def input_size(self) -> int:
+        return self.sets["train"][0].shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(labels.max() for _, labels in self.sets.values())) + 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        x_train, y_train, x_test, y_test = self.load()
+        require(
+            isinstance(self.val_size, int) and 1 <= self.val_size < len(y_train),
+            f"data.val_size={self.val_size!r} must be at least 1 and smaller than the {len(y_train)} "
+            "training samples it is carved from",
+        )
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
+        val, train = order[: self.val_size], order[self.val_size :]
+        x_train = x_train.flatten(1).float()
+        mean, std = x_train[train].mean(), x_train[train].std()
+
+        def normalise(x: Tensor) -> Tensor:
+            return ((x.flatten(1).float() - mean) / std).contiguous()
+
+        self.sets = {
+            "train": (normalise(x_train[train]), y_train[train]),
+            "val": (normalise(x_train[val]), y_train[val]),
+            "test": (normalise(x_test), y_test),
+        }
+        # Fail on a bad batch size now, before a Trainer exists, not at the first step.
+        parse_size(self.batch_size, self.num_train, "batch_size")
+        self._chunk_size()
+
+    def _on_device(self) -> dict[str, tuple[Tensor, Tensor]]:
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.sets = {name: (x.to(device), y.to(device)) for name, (x, y) in self.sets.items()}
+        return self.sets
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def _chunk_size(self) -> int:
+        """At most `chunk_size` samples in one forward pass; a cap, so anything above N means N."""
+        chunk_size = self.chunk_size
+        if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
+            chunk_size = min(chunk_size, self.num_train)
+        return parse_size(chunk_size, self.num_train, "chunk_size")
+
+    def train_dataloader(self) -> Batches:
+        x, y = self._on_device()["train"]
+        rank, world_size = self._rank()
+        return Batches(
+            x,
+            y,
+            parse_size(self.batch_size, self.num_train, "batch_size"),
+            self._chunk_size(),
+            seed=self.seed,
+            epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def val_dataloader(self) -> list[Batches]:
+        """The whole training, validation and test sets, in a fixed order, one chunk at a time."""
+        sets = self._on_device()
+        rank, world_size = self._rank()
+        return [
+            Batches(x, y, len(y), self._chunk_size(), rank=rank, world_size=world_size)
+            for x, y in (sets[name] for name in EVAL_SETS)
+        ]
+
+
+def read_idx(path: Path) -> Tensor:
+    """Decode one IDX file of unsigned bytes (plain or .gz) into a uint8 tensor of the shape its header declares."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DescentError(f"{path}: cannot be read ({error}); download the file again") from None
+    require(
+        len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] == IDX_UBYTE and raw[3] >= 1,
+        f"{path}: not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'}, "
+        "expected 0000080N); check the file name and download it again",
+    )
+    header_size = 4 + 4 * raw[3]
+    require(len(raw) >= header_size, f"{path}: the IDX header is cut short; download the file again")
+    shape = struct.unpack(f">{raw[3]}I", raw[4:header_size])
+    expected = header_size + math.prod(shape)
+    require(
+        len(raw) == expected,
+        f"{path}: the header declares shape {list(shape)} ({expected} bytes) but the file holds {len(raw)} "
+        "bytes; the file is truncated or corrupt, download it again",
+    )
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header_size).reshape(shape)
+
+
+def find_file(directories: list[Path], name: str) -> Path | None:
+    for directory in directories:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+class IdxData(ImageData):
+    """MNIST and its drop-in relatives (Fashion-MNIST, KMNIST): the four IDX files of the original release.
+
+    Looks in `data_dir`, then where torchvision's download puts them (`data_dir/<dataset>/raw`), then in
+    `system_dir`; if the files are in none of those and `download` is set, torchvision downloads them.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        data_dir: str,
+        system_dir: str | None = None,
+        download: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dataset, self.data_dir = dataset, Path(data_dir)
+        self.system_dir, self.download = system_dir, download
+
+    def _directories(self) -> list[Path]:
+        directories = [self.data_dir, self.data_dir / self.dataset / "raw"]
+        return directories + ([Path(self.system_dir)] if self.system_dir else [])
+
+    def _find_all(self) -> dict[str, Path] | None:
+        names = [name for pair in IDX_FILES.values() for name in pair]
+        found = {name: find_file(self._directories(), name) for name in names}
+        return None if None in found.values() else found  # type: ignore[return-value]
+
+    def prepare_data(self) -> None:
+        if self._find_all() is not None:
+            return
+        looked = ", ".join(str(d) for d in self._directories())
+        how = (
+            f"put the four IDX files ({', '.join(IDX_FILES['train'] + IDX_FILES['test'])}, optionally .gz) in "
+            f"data.data_dir, or run once with network access"
+        )
+        if self.dataset == "FashionMNIST":
+            how += ", or install Debian's dataset-fashion-mnist package"
+        require(self.download, f"{self.dataset} files not found in {looked} and data.download=false: {how}")
+        import torchvision.datasets
+
+        log.info("%s not found in %s: downloading with torchvision", self.dataset, looked)
+        try:
+            for train in (True, False):
+                getattr(torchvision.datasets, self.dataset)(self.data_dir, train=train, download=True)
+        except Exception as error:  # offline: URLError, socket errors, HTTP errors, all reported alike
+            raise DescentError(
+                f"{self.dataset} files not found in {looked} and the download failed ({error}): {how}"
+            ) from None
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self.prepare_data()
+        found = self._find_all()
+        assert found is not None
+        arrays = []
+        for images_name, labels_name in IDX_FILES.values():
+            images, labels = read_idx(found[images_name]), read_idx(found[labels_name])
+            require(
+                images.ndim == 3 and labels.ndim == 1 and len(images) == len(labels),
+                f"{found[images_name]} and {found[labels_name]}: expected images [N, H, W] and labels [N], "
+                f"got shapes {list(images.shape)} and {list(labels.shape)}",
+            )
+            arrays += [images, labels.long()]
+        log.info("%s: %d training and %d test images from %s", self.dataset, len(arrays[1]), len(arrays[3]),
+                 found[IDX_FILES["train"][0]].parent)
+        return tuple(arrays)  # type: ignore[return-value]
+
+
+class SyntheticData(ImageData):
+    """MNIST-shaped random data for smoke runs: one random prototype image per class plus Gaussian noise."""
+
+    def __init__(
+        self,
+        num_train: int = 6000,
+        num_test: int = 1000,
+        num_classes: int = 10,
+        image_shape: tuple[int, ...] = (28, 28),
+        noise: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_samples = (num_train, num_test)
+        self.classes, self.image_shape, self.noise = num_classes, tuple(image_shape), noise
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(self.split_seed)
+        prototypes = torch.randn(self.classes, *self.image_shape, generator=generator)
+        arrays = []
+        for n in self.num_samples:
+            labels = torch.randint(self.classes, (n,), generator=generator)
+            images = prototypes[labels] + self.noise * torch.randn(n, *self.image_shape, generator=generator)
+            arrays += [images, labels]
+        return tuple(arrays)  # type: ignore[return-value]

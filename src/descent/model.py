@@ -1,0 +1,162 @@
+"""The multilayer perceptron and its training: one optimizer step per step of the data, evaluation every epoch."""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from descent.data import EVAL_SETS, Chunk
+from descent.errors import require
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+def mlp(input_size: int, hidden: Sequence[int], num_classes: int, activation: str, dropout: float) -> nn.Sequential:
+    """Linear layers of the given widths with an activation (and dropout, if any) between them; logits out."""
+    require(
+        activation in ACTIVATIONS,
+        f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}",
+    )
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip([input_size, *hidden], hidden, strict=False):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(([input_size, *hidden])[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+class Classifier(LightningModule):
+    """An MLP trained on cross-entropy, evaluated after every epoch k on the whole train, val and test sets.
+
+    The figures of epoch k are those of the parameters theta^k at the end of the epoch, measured by a forward pass
+    in eval mode (not the running mean of the minibatch losses seen during the epoch).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        hidden: Sequence[int] = (512, 512),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        optimizer: Callable[..., Optimizer] = torch.optim.SGD,
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = [int(width) for width in hidden]  # a plain list in the checkpoint, never a ListConfig
+        require(
+            all(width >= 1 for width in hidden),
+            f"model.hidden={hidden} must list positive layer widths",
+        )
+        require(0 <= dropout < 1, f"model.dropout={dropout} must be in [0, 1)")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
+        # scales by a fixed count instead of the samples actually in the step.
+        self.automatic_optimization = False
+        self.net = mlp(input_size, hidden, num_classes, activation, dropout)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.history: list[dict[str, float]] = []
+        self.last_evaluation: dict[str, float] = {}
+        self._samples_seen = 0
+        self._train_seconds = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def training_step(self, batch: Chunk, batch_idx: int) -> None:
+        loss_sum = F.cross_entropy(self.net(batch.x), batch.y, reduction="sum")
+        self.manual_backward(loss_sum / batch.loss_divisor)
+        if batch.ends_step:
+            self._samples_seen += round(batch.loss_divisor * self.trainer.world_size)
+            optimizer = self.optimizers()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._train_seconds += time.perf_counter() - self._epoch_start
+        self._sums = torch.zeros(len(EVAL_SETS), 3, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: Chunk, batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self.net(batch.x)
+        loss_sum = F.cross_entropy(logits, batch.y, reduction="sum")
+        errors = (logits.argmax(1) != batch.y).sum()
+        # Sums stay on the device: no host sync until the epoch's figures are complete.
+        sums = self._sums[dataloader_idx]
+        sums[0] += loss_sum
+        sums[1] += errors
+        sums[2] += len(batch.y)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        metrics: dict[str, float] = {}
+        for name, (loss_sum, errors, count) in zip(EVAL_SETS, sums, strict=True):
+            metrics[f"{name}/loss"] = loss_sum / count
+            metrics[f"{name}/error"] = errors / count
+            metrics[f"{name}/acc"] = 1 - errors / count
+        metrics["gap/loss"] = metrics["test/loss"] - metrics["train/loss"]
+        metrics["gap/error"] = metrics["test/error"] - metrics["train/error"]
+        self.last_evaluation = metrics
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        epoch = self.current_epoch + 1
+        metrics |= {
+            "progress/steps": float(self.trainer.global_step),
+            "progress/samples": float(self._samples_seen),
+            "progress/lr": self.optimizers().param_groups[0]["lr"],
+            "time/train_s": self._train_seconds,
+        }
+        self.history.append({"epoch": epoch, **metrics})
+        self.log_dict(metrics)
+        self.log("step", float(epoch))  # the x-axis of every chart is the epoch k
+        log.info(
+            "epoch %d  train loss %.4f err %.2f%%  val err %.2f%%  test loss %.4f err %.2f%%  (%d steps, %.1f s)",
+            epoch,
+            metrics["train/loss"],
+            100 * metrics["train/error"],
+            100 * metrics["val/error"],
+            metrics["test/loss"],
+            100 * metrics["test/error"],
+            self.trainer.global_step,
+            self._train_seconds,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["descent"] = {
+            "history": self.history,
+            "samples_seen": self._samples_seen,
+            "train_seconds": self._train_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("descent", {})
+        self.history = state.get("history", [])
+        self._samples_seen = state.get("samples_seen", 0)
+        self._train_seconds = state.get("train_seconds", 0.0)

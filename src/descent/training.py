@@ -1,0 +1,156 @@
+"""`train(cfg)` and `evaluate(cfg)`: build data, model and trainer from a composed config and run them."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from descent.data import EVAL_SETS, ImageData
+from descent.errors import DescentError, require
+from descent.model import Classifier
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val/error"
+"""Chooses the best epoch: its checkpoint is best.ckpt and its figures are the `best` row of metrics.json."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail on settings that cannot work before any data is loaded, naming the key."""
+    batch_size = cfg.batch_size
+    require(
+        batch_size == "full" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1),
+        f"batch_size={batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+    )
+    lr = cfg.optimizer.get("lr")
+    require(
+        isinstance(lr, int | float) and lr > 0,
+        f"optimizer.lr={lr!r} is not allowed: the learning rate must be a positive number",
+    )
+    require(
+        isinstance(cfg.max_epochs, int) and cfg.max_epochs >= 1,
+        f"max_epochs={cfg.max_epochs!r} is not allowed: give a whole number of epochs, at least 1",
+    )
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda"):
+        require(
+            torch.cuda.is_available(),
+            "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu",
+        )
+    if accelerator == "mps":
+        require(
+            torch.backends.mps.is_available(),
+            "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
+        )
+
+
+def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
+    """The data (loaded and checked) and the model sized to it."""
+    batch_size = cfg.batch_size
+    if cfg.full_batch and batch_size != "full":
+        log.warning("optimizer=gd takes one step over all N training samples: ignoring batch_size=%s", batch_size)
+        batch_size = "full"
+    data: ImageData = instantiate(cfg.data, batch_size=batch_size)
+    data.setup("fit")
+    model: Classifier = instantiate(cfg.model, input_size=data.input_size, num_classes=data.num_classes)
+    return data, model
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> lightning.Trainer:
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="min", save_last=True
+    )
+    return instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], **overrides)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics."""
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    if cfg.seed is not None:
+        lightning.seed_everything(cfg.seed, workers=True, verbose=False)
+    data, model = build(cfg)
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Resolved, so eval.py can rebuild this run without Hydra's runtime.
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if cfg.ckpt_path is not None:
+        require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+    result = summarise(model.history, run_dir, trainer.checkpoint_callback.best_model_path)
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.info("\n%s", format_table(result))
+    return result
+
+
+def summarise(history: list[dict[str, float]], run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
+    """Final and best-epoch figures (best by MONITOR, the first epoch reaching it) with the whole history."""
+    final = history[-1]
+    best = min(history, key=lambda row: row[MONITOR])
+    return {
+        "run_dir": str(run_dir),
+        "monitor": MONITOR,
+        "final": final,
+        "best": best,
+        "best_checkpoint": best_checkpoint,
+        "history": history,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    columns = [(f"{name} {kind}", f"{name}/{kind}") for name in (*EVAL_SETS, "gap") for kind in ("loss", "error")]
+    header = f"{'':16}" + "".join(f"{title:>12}" for title, _ in columns)
+    lines = [header]
+    for label in ("final", "best"):
+        row = result[label]
+        cells = "".join(
+            f"{row[key]:>12.4f}" if key.endswith("loss") else f"{100 * row[key]:>11.2f}%" for _, key in columns
+        )
+        lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Figures of a checkpoint on the train, val and test sets of the run that wrote it."""
+    ckpt_path = Path(cfg.ckpt_path)
+    require(ckpt_path.is_file(), f"ckpt_path={ckpt_path}: no such checkpoint file")
+    run_config = ckpt_path.parent.parent / "config.yaml"
+    require(
+        run_config.is_file(),
+        f"ckpt_path={ckpt_path}: no config.yaml in its run dir ({run_config.parent}); "
+        "evaluate a checkpoint inside the run dir that src/train.py wrote",
+    )
+    run_cfg = OmegaConf.load(run_config)
+    if cfg.data_dir is not None:
+        run_cfg.data.data_dir = cfg.data_dir
+    run_cfg.trainer = cfg.trainer
+    check_config(run_cfg)
+    data, model = build(run_cfg)
+    trainer = instantiate(cfg.trainer, logger=False)
+    try:
+        trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
+    except RuntimeError as error:  # a state dict that does not fit the model of the run's config
+        raise DescentError(f"ckpt_path={ckpt_path}: does not match its run's model ({error})") from None
+    figures = model.last_evaluation
+    log.info(
+        "%s: test loss %.4f  test error %.2f%%  test accuracy %.2f%%",
+        ckpt_path,
+        figures["test/loss"],
+        100 * figures["test/error"],
+        100 * figures["test/acc"],
+    )
+    if trainer.is_global_zero:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.run_dir) / "metrics.json").write_text(
+            json.dumps({"ckpt_path": str(ckpt_path), **figures}, indent=2) + "\n"
+        )
+    return figures

@@ -1,0 +1,17 @@
+"""Train an MLP: `python src/train.py optimizer=sgd batch_size=64` (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from descent.errors import exit_on_error
+from descent.training import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_on_error
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
