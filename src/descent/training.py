@@ -64,10 +64,10 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> lightning.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="min", save_last=True
-    )
-    return instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], **overrides)
+    # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
+    best = ModelCheckpoint(run_dir / "checkpoints", "best", MONITOR, mode="min", enable_version_counter=False)
+    last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
+    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last], **overrides)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
-    result = summarise(model.history, run_dir, trainer.checkpoint_callback.best_model_path)
+    result = summarise(model.history, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("\n%s", format_table(result))

@@ -1,0 +1,84 @@
+"""Every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from descent.data import ImageData
+from descent.errors import DescentError
+from descent.model import Classifier
+from descent.training import build, check_config
+
+from conftest import CONF
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_options_the_readme_promises() -> None:
+    assert {"mnist", "fashion_mnist", "synthetic"} <= set(options("data"))
+    assert {"sgd", "gd", "momentum", "adam"} <= set(options("optimizer"))
+    assert {"default", "cpu", "gpu", "mps", "ddp", "ddp_cpu"} <= set(options("trainer"))
+    assert {"tensorboard", "csv", "none"} <= set(options("logger"))
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path) -> None:
+    cfg = make_cfg(f"data={data}")
+    if data == "fashion_mnist":  # the test's own files, not the system's
+        cfg.data.system_dir = None
+    module, model = build(cfg)
+    assert isinstance(module, ImageData) and isinstance(model, Classifier)
+    x, y = module.sets["train"]
+    assert x.shape[1] == model.hparams.input_size == 784
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2  # normalised once, on the train split
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_options_instantiate(make_cfg, optimizer: str, scheduler: str) -> None:
+    cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}", "data=synthetic")
+    check_config(cfg)
+    _, model = build(cfg)
+    configured = model.configure_optimizers()
+    optim = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert isinstance(optim, torch.optim.Optimizer)
+    assert optim.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert (scheduler != "none") == isinstance(configured, dict)
+    assert cfg.full_batch == (optimizer == "gd")
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+def test_logger_options_instantiate(make_cfg, logger: str) -> None:
+    cfg = make_cfg(f"logger={logger}")
+    built = instantiate(cfg.logger) if cfg.logger else None
+    assert (built is None) == (logger == "none")
+    if built is not None:
+        assert Path(built.log_dir) == Path(cfg.run_dir)
+
+
+HARDWARE = {
+    "gpu": torch.cuda.is_available(),
+    "ddp": torch.cuda.is_available(),
+    "mps": torch.backends.mps.is_available(),
+}
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_options_instantiate_or_say_the_hardware_is_missing(make_cfg, trainer: str) -> None:
+    cfg = make_cfg(f"trainer={trainer}")
+    if HARDWARE.get(trainer, True):
+        check_config(cfg)
+        built = instantiate(cfg.trainer)
+        assert isinstance(built, lightning.Trainer)
+        assert built.max_epochs == cfg.max_epochs
+        if trainer in ("default", "cpu", "gpu", "mps"):
+            assert built.num_devices == 1  # never DDP unless asked
+    else:
+        with pytest.raises(DescentError, match=f"trainer.accelerator={cfg.trainer.accelerator} .* use trainer=cpu"):
+            check_config(cfg)

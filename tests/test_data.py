@@ -1,0 +1,87 @@
+"""The IDX reader and the batching by index: what an epoch of steps contains."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from descent.data import Batches, IdxData, read_idx
+from descent.errors import DescentError
+
+from conftest import write_idx
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_read_idx_round_trips_plain_and_gzipped(tmp_path: Path, name: str) -> None:
+    array = torch.randint(0, 256, (7, 5, 3), dtype=torch.uint8)
+    write_idx(tmp_path / name, array)
+    assert torch.equal(read_idx(tmp_path / name), array)
+
+
+def test_read_idx_names_the_file_when_it_is_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte"
+    write_idx(path, torch.zeros(4, 28, 28, dtype=torch.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DescentError, match=f"{path}: the header declares shape \\[4, 28, 28\\]"):
+        read_idx(path)
+
+
+def test_idx_data_finds_the_files_where_torchvision_puts_them(tmp_path: Path, idx_dir: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in idx_dir.iterdir():
+        (raw / file.name).write_bytes(file.read_bytes())
+    data = IdxData(dataset="MNIST", data_dir=str(tmp_path), download=False, val_size=100)
+    data.setup()
+    assert {name: len(y) for name, (_, y) in data.sets.items()} == {"train": 500, "val": 100, "test": 200}
+
+
+def test_missing_files_offline_say_where_they_were_looked_for(tmp_path: Path) -> None:
+    data = IdxData(dataset="FashionMNIST", data_dir=str(tmp_path), download=False)
+    with pytest.raises(DescentError, match=f"FashionMNIST files not found in {tmp_path}.*dataset-fashion-mnist"):
+        data.setup()
+
+
+def epoch(batches: Batches) -> list:
+    return list(batches)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "chunk_size"), [(100, 32, 100), (100, 100, 30), (101, 101, 101)])
+def test_an_epoch_sees_every_sample_once_in_ceil_n_over_b_steps(n: int, batch_size: int, chunk_size: int) -> None:
+    x, y = torch.arange(n).float()[:, None], torch.arange(n)
+    chunks = epoch(Batches(x, y, batch_size, chunk_size, seed=0))
+    assert len(chunks) == len(Batches(x, y, batch_size, chunk_size))
+    assert sum(chunk.ends_step for chunk in chunks) == math.ceil(n / batch_size)
+    assert sorted(torch.cat([chunk.y for chunk in chunks]).tolist()) == list(range(n))
+    assert all(len(chunk.y) <= chunk_size for chunk in chunks)
+    assert all(torch.equal(chunk.x[:, 0].long(), chunk.y) for chunk in chunks)  # images stay with their labels
+
+
+def test_each_epoch_draws_a_fresh_permutation_that_depends_on_seed_and_epoch_only() -> None:
+    y = torch.arange(50)
+    current = {"epoch": 0}
+    batches = Batches(y[:, None].float(), y, 50, 50, seed=3, epoch=lambda: current["epoch"])
+    first = epoch(batches)[0].y
+    current["epoch"] = 1
+    second = epoch(batches)[0].y
+    again = epoch(Batches(y[:, None].float(), y, 50, 50, seed=3, epoch=lambda: 1))[0].y
+    assert not torch.equal(first, second)
+    assert torch.equal(second, again)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "chunk_size"), [(103, 10, 10), (103, 103, 8), (7, 3, 1)])
+def test_ranks_share_each_step_disjointly_with_equal_chunk_counts(n: int, batch_size: int, chunk_size: int) -> None:
+    """Under DDP every rank must make the same number of backward calls, and together see each sample once."""
+    y = torch.arange(n)
+    per_rank = [epoch(Batches(y[:, None].float(), y, batch_size, chunk_size, seed=1, rank=r, world_size=3))
+                for r in range(3)]
+    assert len({len(chunks) for chunks in per_rank}) == 1
+    seen = torch.cat([chunk.y for chunks in per_rank for chunk in chunks])
+    assert sorted(seen.tolist()) == list(range(n))
+    single = epoch(Batches(y[:, None].float(), y, batch_size, chunk_size, seed=1))
+    steps = [chunk for chunk in single if chunk.ends_step]
+    for step_index, step in enumerate(steps):
+        # every rank scales by the same divisor: the step's size over all ranks, divided by their number
+        divisors = {[c for c in chunks if c.ends_step][step_index].loss_divisor for chunks in per_rank}
+        assert divisors == {step.loss_divisor / 3}

@@ -1,0 +1,81 @@
+"""End-to-end `train(cfg)` in-process on small IDX files: steps, per-epoch figures, checkpoints, resuming."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from descent.data import IdxData
+from descent.model import mlp
+from descent.training import train
+
+N_TRAIN = 500  # the fixture's 600 training images less data.val_size=100
+
+
+@pytest.mark.parametrize(("optimizer", "batch_size", "steps_per_epoch"), [
+    ("gd", None, 1),
+    ("sgd", 64, math.ceil(N_TRAIN / 64)),
+    ("sgd", "full", 1),
+])
+def test_gd_steps_once_per_epoch_and_sgd_ceil_n_over_b_times(
+    make_cfg, optimizer: str, batch_size: int | str | None, steps_per_epoch: int
+) -> None:
+    overrides = [f"optimizer={optimizer}"] + ([f"batch_size={batch_size}"] if batch_size else [])
+    result = train(make_cfg(*overrides, "max_epochs=3"))
+    history = result["history"]
+    assert [row["progress/steps"] for row in history] == [steps_per_epoch * k for k in (1, 2, 3)]
+    assert [row["progress/samples"] for row in history] == [N_TRAIN * k for k in (1, 2, 3)]
+    assert history[-1]["train/error"] < history[0]["train/error"] or history[-1]["train/error"] == 0
+
+
+def test_gd_ignores_a_batch_size_given_beside_it_and_says_so(make_cfg, caplog) -> None:
+    result = train(make_cfg("optimizer=gd", "batch_size=64"))
+    assert [row["progress/steps"] for row in result["history"]] == [1, 2]
+    assert "optimizer=gd takes one step over all N training samples: ignoring batch_size=64" in caplog.text
+
+
+def test_sgd_learns_and_writes_metrics_checkpoints_and_config(make_cfg, tmp_path: Path) -> None:
+    result = train(make_cfg("optimizer=sgd", "batch_size=32", "max_epochs=3"))
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "metrics.json").read_text()) == result
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    final, best = result["final"], result["best"]
+    assert final["epoch"] == 3 and final["test/acc"] > 0.9  # the bands are easy to learn
+    assert best["val/error"] == min(row["val/error"] for row in result["history"])
+    for name in ("train", "val", "test"):
+        assert final[f"{name}/acc"] == pytest.approx(1 - final[f"{name}/error"])
+    assert final["gap/loss"] == pytest.approx(final["test/loss"] - final["train/loss"])
+    assert final["gap/error"] == pytest.approx(final["test/error"] - final["train/error"])
+
+
+def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(make_cfg, tmp_path, idx_dir) -> None:
+    """Not the running mean of minibatch losses: recompute them from last.ckpt, independently of the module."""
+    cfg = make_cfg("optimizer=sgd", "batch_size=16", "max_epochs=2", "model.dropout=0.5")
+    final = train(cfg)["final"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    net = mlp(784, [32], 10, "relu", 0.5)
+    net.load_state_dict({key.removeprefix("net."): value for key, value in state.items()})
+    net.eval()
+    data = IdxData(dataset="MNIST", data_dir=str(idx_dir), download=False, val_size=100)
+    data.setup()
+    for name in ("train", "val", "test"):
+        x, y = data.sets[name]
+        with torch.no_grad():
+            logits = net(x)
+        assert final[f"{name}/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+        assert final[f"{name}/error"] == pytest.approx((logits.argmax(1) != y).float().mean().item(), abs=1e-9)
+
+
+def test_resuming_from_a_checkpoint_continues_to_the_same_result(make_cfg, tmp_path: Path) -> None:
+    straight = train(make_cfg("max_epochs=3", run_dir=tmp_path / "straight"))
+    train(make_cfg("max_epochs=1", run_dir=tmp_path / "first"))
+    resumed = train(make_cfg(
+        "max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}", run_dir=tmp_path / "resumed"
+    ))
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
+    for key in ("train/loss", "test/loss", "progress/steps"):
+        assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6)
