@@ -19,8 +19,8 @@ test: ## run the test suite (offline)
 	$(PY) -m pytest tests
 
 lint: ## ruff check and format check
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check src tests $(wildcard bench)
 
 tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs

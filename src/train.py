@@ -4,12 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from descent.errors import exit_on_error
-from descent.training import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_error
 def main(cfg: DictConfig) -> None:
+    from descent.training import train  # here, so that a mistyped override fails before torch loads
+
     train(cfg)
 
 

@@ -5,14 +5,13 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
+from conftest import CONF
 from hydra.utils import instantiate
 
 from descent.data import ImageData
 from descent.errors import DescentError
 from descent.model import Classifier
 from descent.training import build, check_config
-
-from conftest import CONF
 
 
 def options(group: str) -> list[str]:

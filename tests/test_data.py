@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_idx
 
 from descent.data import Batches, IdxData, read_idx
 from descent.errors import DescentError
-
-from conftest import write_idx
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
@@ -74,8 +73,9 @@ def test_each_epoch_draws_a_fresh_permutation_that_depends_on_seed_and_epoch_onl
 def test_ranks_share_each_step_disjointly_with_equal_chunk_counts(n: int, batch_size: int, chunk_size: int) -> None:
     """Under DDP every rank must make the same number of backward calls, and together see each sample once."""
     y = torch.arange(n)
-    per_rank = [epoch(Batches(y[:, None].float(), y, batch_size, chunk_size, seed=1, rank=r, world_size=3))
-                for r in range(3)]
+    per_rank = [
+        epoch(Batches(y[:, None].float(), y, batch_size, chunk_size, seed=1, rank=r, world_size=3)) for r in range(3)
+    ]
     assert len({len(chunks) for chunks in per_rank}) == 1
     seen = torch.cat([chunk.y for chunks in per_rank for chunk in chunks])
     assert sorted(seen.tolist()) == list(range(n))

@@ -15,11 +15,14 @@ from descent.training import train
 N_TRAIN = 500  # the fixture's 600 training images less data.val_size=100
 
 
-@pytest.mark.parametrize(("optimizer", "batch_size", "steps_per_epoch"), [
-    ("gd", None, 1),
-    ("sgd", 64, math.ceil(N_TRAIN / 64)),
-    ("sgd", "full", 1),
-])
+@pytest.mark.parametrize(
+    ("optimizer", "batch_size", "steps_per_epoch"),
+    [
+        ("gd", None, 1),
+        ("sgd", 64, math.ceil(N_TRAIN / 64)),
+        ("sgd", "full", 1),
+    ],
+)
 def test_gd_steps_once_per_epoch_and_sgd_ceil_n_over_b_times(
     make_cfg, optimizer: str, batch_size: int | str | None, steps_per_epoch: int
 ) -> None:
@@ -73,9 +76,13 @@ def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(
 def test_resuming_from_a_checkpoint_continues_to_the_same_result(make_cfg, tmp_path: Path) -> None:
     straight = train(make_cfg("max_epochs=3", run_dir=tmp_path / "straight"))
     train(make_cfg("max_epochs=1", run_dir=tmp_path / "first"))
-    resumed = train(make_cfg(
-        "max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}", run_dir=tmp_path / "resumed"
-    ))
+    resumed = train(
+        make_cfg(
+            "max_epochs=3",
+            f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}",
+            run_dir=tmp_path / "resumed",
+        )
+    )
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
     for key in ("train/loss", "test/loss", "progress/steps"):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6)

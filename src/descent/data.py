@@ -281,7 +281,8 @@ class IdxData(ImageData):
                 getattr(torchvision.datasets, self.dataset)(self.data_dir, train=train, download=True)
         except Exception as error:  # offline: URLError, socket errors, HTTP errors, all reported alike
             raise DescentError(
-                f"{self.dataset} files not found in {looked} and the download failed ({error}): {how}"
+                f"{self.dataset} files not found in {looked} and the download failed "
+                f"({' '.join(str(error).split())}): {how}"
             ) from None
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -297,8 +298,13 @@ class IdxData(ImageData):
                 f"got shapes {list(images.shape)} and {list(labels.shape)}",
             )
             arrays += [images, labels.long()]
-        log.info("%s: %d training and %d test images from %s", self.dataset, len(arrays[1]), len(arrays[3]),
-                 found[IDX_FILES["train"][0]].parent)
+        log.info(
+            "%s: %d training and %d test images from %s",
+            self.dataset,
+            len(arrays[1]),
+            len(arrays[3]),
+            found[IDX_FILES["train"][0]].parent,
+        )
         return tuple(arrays)  # type: ignore[return-value]
 
 

@@ -132,10 +132,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_cfg = OmegaConf.load(run_config)
     if cfg.data_dir is not None:
         run_cfg.data.data_dir = cfg.data_dir
-    run_cfg.trainer = cfg.trainer
+    run_cfg.trainer, run_cfg.run_dir = cfg.trainer, cfg.run_dir  # the device is chosen now, not at training
     check_config(run_cfg)
     data, model = build(run_cfg)
-    trainer = instantiate(cfg.trainer, logger=False)
+    trainer = instantiate(run_cfg.trainer, logger=False)
     try:
         trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     except RuntimeError as error:  # a state dict that does not fit the model of the run's config
