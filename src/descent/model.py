@@ -2,6 +2,7 @@
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from descent.data import EVAL_SETS, Chunk
 from descent.errors import require
 
 log = logging.getLogger(__name__)
+# The epoch's figures are reduced over the ranks before they are logged, so Lightning's advice to sync them is moot.
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -143,6 +146,8 @@ class Classifier(LightningModule):
         self.history.append({"epoch": epoch, **metrics})
         self.log_dict(metrics)
         self.log("step", float(epoch))  # the x-axis of every chart is the epoch k
+        if not self.trainer.is_global_zero:
+            return
         log.info(
             "epoch %d  train loss %.4f err %.2f%%  val err %.2f%%  test loss %.4f err %.2f%%  (%d steps, %.1f s)",
             epoch,
