@@ -160,9 +160,16 @@ class ImageData(LightningDataModule):
             "val": (normalise(x_train[val]), y_train[val]),
             "test": (normalise(x_test), y_test),
         }
-        # Fail on a bad batch size now, before a Trainer exists, not at the first step.
-        parse_size(self.batch_size, self.num_train, "batch_size")
-        self._chunk_size()
+        # Resolved now, so that a bad size fails before a Trainer exists, not at the first step.
+        self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
+        chunk_size = self.chunk_size  # a cap: anything above N means N
+        if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
+            chunk_size = min(chunk_size, self.num_train)
+        self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes + y.nbytes for x, y in self.sets.values())
 
     def _on_device(self) -> dict[str, tuple[Tensor, Tensor]]:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
@@ -172,21 +179,14 @@ class ImageData(LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
-    def _chunk_size(self) -> int:
-        """At most `chunk_size` samples in one forward pass; a cap, so anything above N means N."""
-        chunk_size = self.chunk_size
-        if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
-            chunk_size = min(chunk_size, self.num_train)
-        return parse_size(chunk_size, self.num_train, "chunk_size")
-
     def train_dataloader(self) -> Batches:
         x, y = self._on_device()["train"]
         rank, world_size = self._rank()
         return Batches(
             x,
             y,
-            parse_size(self.batch_size, self.num_train, "batch_size"),
-            self._chunk_size(),
+            self.samples_per_step,
+            self.samples_per_chunk,
             seed=self.seed,
             epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
             rank=rank,
@@ -198,7 +198,7 @@ class ImageData(LightningDataModule):
         sets = self._on_device()
         rank, world_size = self._rank()
         return [
-            Batches(x, y, len(y), self._chunk_size(), rank=rank, world_size=world_size)
+            Batches(x, y, len(y), self.samples_per_chunk, rank=rank, world_size=world_size)
             for x, y in (sets[name] for name in EVAL_SETS)
         ]
 

@@ -20,6 +20,8 @@ from descent.errors import require
 log = logging.getLogger(__name__)
 # The epoch's figures are reduced over the ranks before they are logged, so Lightning's advice to sync them is moot.
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+# Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 

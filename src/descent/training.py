@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from descent.data import EVAL_SETS, ImageData
 from descent.errors import DescentError, require
+from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.model import Classifier
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,12 @@ def check_config(cfg: DictConfig) -> None:
     require(
         isinstance(cfg.max_epochs, int) and cfg.max_epochs >= 1,
         f"max_epochs={cfg.max_epochs!r} is not allowed: give a whole number of epochs, at least 1",
+    )
+    budget = cfg.memory_budget_bytes
+    require(
+        budget is None or (isinstance(budget, int) and budget > 0),
+        f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
+        "device reports as free",
     )
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
@@ -62,6 +69,22 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
     return data, model
 
 
+def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: lightning.Trainer) -> int:
+    """Say what the run will hold on each device, and return the chunk size that fits `memory_budget_bytes`."""
+    device = trainer.strategy.root_device
+    budget = cfg.memory_budget_bytes if cfg.memory_budget_bytes is not None else free_bytes(device)
+    optimizer = model.optimizer
+    plan = estimate(
+        data.nbytes,
+        model.net,
+        getattr(optimizer, "func", optimizer).__name__,
+        getattr(optimizer, "keywords", {}).get("momentum", 0),
+        budget,
+    )
+    per_device = -(-data.samples_per_step // trainer.world_size)
+    return plan_chunk_size(plan, per_device, data.samples_per_chunk, cfg.full_batch, device)
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> lightning.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
@@ -78,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
     trainer = build_trainer(cfg, run_dir)
+    data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.

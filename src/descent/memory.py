@@ -1,0 +1,94 @@
+"""What a run will hold in memory, said before training, and the chunk size that keeps a step inside the budget."""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from descent.errors import require
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_STATE_PER_PARAMETER = {"SGD": 0, "Adam": 2, "AdamW": 2, "RMSprop": 1, "Adagrad": 1}
+"""Tensors of parameter size each optimizer keeps (SGD with momentum adds one); others are assumed to keep 2."""
+
+
+def free_bytes(device: torch.device) -> int:
+    """What the device reports as free now: CUDA's free memory, or the host's available physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class MemoryPlan:
+    data_bytes: int
+    parameter_bytes: int
+    optimizer_state_bytes: int
+    activation_bytes_per_sample: int
+    budget_bytes: int
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Everything but the activations: data, parameters, their gradients and the optimizer's state."""
+        return self.data_bytes + 2 * self.parameter_bytes + self.optimizer_state_bytes
+
+    def largest_chunk(self) -> int:
+        return max(0, (self.budget_bytes - self.fixed_bytes) // self.activation_bytes_per_sample)
+
+    def describe(self, chunk: int, device: torch.device) -> str:
+        activations = chunk * self.activation_bytes_per_sample
+        total = self.fixed_bytes + activations
+        return (
+            f"memory on {device}: data {mib(self.data_bytes)}, parameters {mib(self.parameter_bytes)}, "
+            f"gradients {mib(self.parameter_bytes)}, optimizer state {mib(self.optimizer_state_bytes)}, "
+            f"activations of one chunk of {chunk} samples {mib(activations)}; "
+            f"total about {mib(total)} of a {mib(self.budget_bytes)} budget"
+        )
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def estimate(
+    data_bytes: int, net: nn.Module, optimizer: str, momentum: float, budget_bytes: int, dtype_bytes: int = 4
+) -> MemoryPlan:
+    """Estimates for an MLP: autograd keeps each layer's input and output for the backward pass."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    states = OPTIMIZER_STATE_PER_PARAMETER.get(optimizer, 2) + (optimizer == "SGD" and momentum > 0)
+    widths = [layer.in_features for layer in net.modules() if isinstance(layer, nn.Linear)]
+    outputs = [layer.out_features for layer in net.modules() if isinstance(layer, nn.Linear)]
+    per_sample = dtype_bytes * (widths[0] + 3 * sum(outputs[:-1]) + 2 * outputs[-1])
+    return MemoryPlan(data_bytes, parameter_bytes, states * parameter_bytes, per_sample, budget_bytes)
+
+
+def plan_chunk_size(plan: MemoryPlan, step_size: int, chunk_size: int, full_batch: bool, device: torch.device) -> int:
+    """The chunk size to train with: as configured when it fits the budget; smaller for GD when it does not.
+
+    `step_size` and `chunk_size` are per rank. SGD with a step that does not fit fails here, before training.
+    """
+    require(
+        plan.fixed_bytes < plan.budget_bytes,
+        f"memory_budget_bytes={plan.budget_bytes}: the data, parameters, gradients and optimizer state alone need "
+        f"{mib(plan.fixed_bytes)}; raise the budget or use a smaller data set or model",
+    )
+    chunk = min(step_size, chunk_size)
+    largest = plan.largest_chunk()
+    if chunk > largest:
+        require(
+            full_batch and largest >= 1,
+            f"batch_size: a chunk of {chunk} samples (the smaller of batch_size and chunk_size, per device) needs "
+            f"about {mib(chunk * plan.activation_bytes_per_sample)} "
+            f"of activations but only {mib(plan.budget_bytes - plan.fixed_bytes)} of memory_budget_bytes="
+            f"{plan.budget_bytes} is left: use a smaller batch_size, or chunk_size={max(largest, 1)} to accumulate "
+            "each step exactly in chunks",
+        )
+        log.info(
+            "optimizer=gd: a chunk of %d samples would not fit; computing each step in chunks of %d", chunk, largest
+        )
+        chunk = largest
+    log.info(plan.describe(chunk, device))
+    return chunk
