@@ -22,7 +22,21 @@ lint: ## ruff check and format check
 	$(VENV)/bin/ruff check src tests $(wildcard bench)
 	$(VENV)/bin/ruff format --check src tests $(wildcard bench)
 
+SWEEP ?= $(lastword $(sort $(wildcard logs/train/multiruns/*)))
+report: ## figure and table of a sweep: make report [SWEEP=logs/train/multiruns/<time>] (default: the latest)
+	$(PY) src/report.py $(SWEEP)
+
+study: ## the GD-versus-SGD study on Fashion-MNIST, then its report
+	$(PY) src/train.py -m experiment=gd_vs_sgd
+	$(MAKE) report
+
+bench: ## epoch speed against a plain PyTorch loop and the torchvision pipeline
+	$(PY) bench/epoch_speed.py
+
+bench-gd: ## one GD epoch by chunk size against a plain full-batch step: time and peak memory
+	$(PY) bench/gd_chunks.py
+
 tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs
 
-.PHONY: help install train test lint tensorboard
+.PHONY: help install train test lint report study bench bench-gd tensorboard

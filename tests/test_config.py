@@ -6,6 +6,7 @@ import lightning
 import pytest
 import torch
 from conftest import CONF
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from descent.data import ImageData
@@ -81,3 +82,25 @@ def test_trainer_options_instantiate_or_say_the_hardware_is_missing(make_cfg, tr
     else:
         with pytest.raises(DescentError, match=f"trainer.accelerator={cfg.trainer.accelerator} .* use trainer=cpu"):
             check_config(cfg)
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_method_options_set_optimizer_batch_size_and_rate(make_cfg, method: str) -> None:
+    cfg = make_cfg(f"method={method}", "data=synthetic")
+    check_config(cfg)
+    data, model = build(cfg)
+    assert cfg.full_batch == (method == "gd")
+    expected_batch = data.num_train if method == "gd" else int(method.removeprefix("sgd_b"))
+    assert data.samples_per_step == expected_batch
+    assert model.configure_optimizers().param_groups[0]["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_options_compose_and_sweep_known_methods(make_cfg, experiment: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}")
+    check_config(cfg)
+    assert cfg.data._target_ == "descent.data.IdxData"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True).hydra
+    swept = hydra_cfg.sweeper.params.method.split(",")
+    assert set(swept) <= set(options("method")) and "gd" in swept
