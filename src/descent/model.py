@@ -109,8 +109,12 @@ class Classifier(LightningModule):
         if scheduler is not None:
             scheduler.step()
 
+    def _end_of_epoch(self) -> bool:
+        """Evaluating theta^k within fit, not in a sanity check and not in `validate` (eval.py)."""
+        return self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+
     def on_validation_epoch_start(self) -> None:
-        if self.trainer.state.fn == TrainerFn.FITTING:
+        if self._end_of_epoch():
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self._train_seconds += time.perf_counter() - self._epoch_start
@@ -136,7 +140,7 @@ class Classifier(LightningModule):
         metrics["gap/loss"] = metrics["test/loss"] - metrics["train/loss"]
         metrics["gap/error"] = metrics["test/error"] - metrics["train/error"]
         self.last_evaluation = metrics
-        if self.trainer.state.fn != TrainerFn.FITTING:
+        if not self._end_of_epoch():
             return
         epoch = self.current_epoch + 1
         metrics |= {
