@@ -86,3 +86,8 @@ def test_resuming_from_a_checkpoint_continues_to_the_same_result(make_cfg, tmp_p
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
     for key in ("train/loss", "test/loss", "progress/steps"):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6)
+
+
+def test_a_sanity_check_before_training_is_not_counted_as_an_epoch(make_cfg) -> None:
+    result = train(make_cfg("trainer.num_sanity_val_steps=2"))
+    assert [row["epoch"] for row in result["history"]] == [1, 2]
