@@ -60,13 +60,20 @@ def test_an_epoch_sees_every_sample_once_in_ceil_n_over_b_steps(n: int, batch_si
 def test_each_epoch_draws_a_fresh_permutation_that_depends_on_seed_and_epoch_only() -> None:
     y = torch.arange(50)
     current = {"epoch": 0}
-    batches = Batches(y[:, None].float(), y, 50, 50, seed=3, epoch=lambda: current["epoch"])
-    first = epoch(batches)[0].y
+    batches = Batches(y[:, None].float(), y, 10, 50, seed=3, epoch=lambda: current["epoch"])
+    first = torch.cat([chunk.y for chunk in epoch(batches)])
     current["epoch"] = 1
-    second = epoch(batches)[0].y
-    again = epoch(Batches(y[:, None].float(), y, 50, 50, seed=3, epoch=lambda: 1))[0].y
-    assert not torch.equal(first, second)
+    second = torch.cat([chunk.y for chunk in epoch(batches)])
+    again = torch.cat([chunk.y for chunk in epoch(Batches(y[:, None].float(), y, 10, 50, seed=3, epoch=lambda: 1))])
+    assert not torch.equal(first, second) and not torch.equal(first, y)
     assert torch.equal(second, again)
+
+
+def test_a_step_over_the_whole_set_is_served_as_views_not_copies() -> None:
+    x, y = torch.randn(100, 3), torch.arange(100)
+    chunks = epoch(Batches(x, y, 100, 30, seed=0))
+    assert all(chunk.x.data_ptr() == x[int(chunk.y[0])].data_ptr() for chunk in chunks)
+    assert torch.equal(torch.cat([chunk.y for chunk in chunks]), y)
 
 
 @pytest.mark.parametrize(("n", "batch_size", "chunk_size"), [(103, 10, 10), (103, 103, 8), (7, 3, 1)])

@@ -48,8 +48,9 @@ class Batches:
     """One epoch of optimizer steps of `batch_size` samples, each cut into chunks of at most `chunk_size`.
 
     With `seed` the order is a fresh permutation per epoch (seeded by `seed` and the epoch, so a resumed run
-    draws the same ones); without it the order is fixed. Each step's samples are dealt to the ranks in turn,
-    so every sample is seen exactly once per epoch and the steps do not depend on the number of ranks.
+    draws the same ones); without it, or when one step takes the whole set (GD), the order is the stored one and
+    chunks are views, not copies. Each step is split into one contiguous share per rank, so every sample is seen
+    exactly once per epoch and the steps do not depend on the number of ranks.
     """
 
     def __init__(
@@ -75,20 +76,27 @@ class Batches:
         full_steps, rest = divmod(len(self.y), self.batch_size)
         return full_steps * self._chunks_per_step(self.batch_size) + (self._chunks_per_step(rest) if rest else 0)
 
+    def _order(self) -> Tensor | None:
+        if self.seed is None or self.batch_size >= len(self.y):
+            return None  # a step over the whole set sums over every sample, whatever their order
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
+        return torch.randperm(len(self.y), generator=generator).to(self.y.device)
+
     def __iter__(self) -> Iterator[Chunk]:
-        n = len(self.y)
-        if self.seed is None:
-            order = torch.arange(n, device=self.y.device)
-        else:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
-            order = torch.randperm(n, generator=generator).to(self.y.device)
+        n, order = len(self.y), self._order()
         for start in range(0, n, self.batch_size):
-            step = order[start : start + self.batch_size]
-            mine = step[self.rank :: self.world_size] if self.world_size > 1 else step
-            n_chunks = self._chunks_per_step(len(step))
-            loss_divisor = len(step) / self.world_size
-            for i, index in enumerate(torch.tensor_split(mine, n_chunks)):
-                yield Chunk(self.x[index], self.y[index], loss_divisor, i == n_chunks - 1)
+            step_size = min(self.batch_size, n - start)
+            mine = start + self.rank * step_size // self.world_size
+            mine_size = start + (self.rank + 1) * step_size // self.world_size - mine
+            n_chunks = self._chunks_per_step(step_size)
+            loss_divisor = step_size / self.world_size
+            for i in range(n_chunks):
+                lo, hi = mine + i * mine_size // n_chunks, mine + (i + 1) * mine_size // n_chunks
+                if order is None:
+                    yield Chunk(self.x[lo:hi], self.y[lo:hi], loss_divisor, i == n_chunks - 1)
+                else:
+                    index = order[lo:hi]
+                    yield Chunk(self.x[index], self.y[index], loss_divisor, i == n_chunks - 1)
 
 
 def parse_size(value: int | str, n: int, key: str) -> int:
