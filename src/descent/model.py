@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from descent.data import EVAL_SETS, Chunk
+from descent.data import EVAL_SETS, Batches, Chunk
 from descent.errors import require
 
 log = logging.getLogger(__name__)
@@ -95,14 +95,23 @@ class Classifier(LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 
-    def training_step(self, batch: Chunk, batch_idx: int) -> None:
-        loss_sum = F.cross_entropy(self.net(batch.x), batch.y, reduction="sum")
-        self.manual_backward(loss_sum / batch.loss_divisor)
-        if batch.ends_step:
-            self._samples_seen += round(batch.loss_divisor * self.trainer.world_size)
-            optimizer = self.optimizers()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    def training_step(self, epoch: Batches, batch_idx: int) -> None:
+        """The whole epoch: every optimizer step of it, each accumulated over its chunks.
+
+        Lightning calls this once an epoch (see `descent.data.OneEpoch`), so callbacks' `on_train_batch_*` hooks
+        and `max_steps` act at epoch boundaries; `trainer.global_step` still counts every optimizer step.
+        """
+        optimizer = self.optimizers()
+        convert_input = self.trainer.precision_plugin.convert_input  # float64 under precision=64-true
+        for chunk in epoch:
+            chunk = convert_input(chunk)
+            loss_sum = F.cross_entropy(self.net(chunk.x), chunk.y, reduction="sum")
+            # manual_backward, not loss.backward(): under DDP Lightning prepares the gradient all-reduce here.
+            self.manual_backward(loss_sum / chunk.loss_divisor)
+            if chunk.ends_step:
+                self._samples_seen += round(chunk.loss_divisor * self.trainer.world_size)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()

@@ -1,0 +1,409 @@
+"""Seconds per training epoch: descent against a plain PyTorch loop and the usual torchvision + DataLoader pipeline.
+
+Measured side by side in one process, on the same training tensors (Fashion-MNIST from Debian's package when
+installed, else synthetic data of the same shape), the same MLP (784-512-512-10), seed and thread count:
+
+  a     descent's real code (the composed conf/, `build`, `build_trainer`, trainer=cpu logger=none) with the
+        per-epoch evaluation switched off; a_on the same with it on (the default), whole epochs including the
+        evaluation and the two checkpoints, and the training part alone from descent's own `time/train_s`
+  b     a plain PyTorch loop: randperm, slice, forward, backward, SGD step (one full-batch step for GD)
+  c     the common template: per-sample PIL -> ToTensor -> Normalize, DataLoader, automatic optimization (B=64 only)
+  fwd   one forward pass over the train, val and test sets (the most the evaluation should add to an epoch)
+
+Each round trains one more epoch of every variant in turn (rotating who goes first), so that load from other
+processes on this shared machine falls on all of them alike; the first round is a warm-up, the median of the
+others is reported. Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 3] [--skip-torchvision]`.
+"""
+
+import argparse
+import logging
+import os
+import resource
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from descent.data import IDX_FILES, IdxData, ImageData, SyntheticData
+from descent.model import mlp
+from descent.training import build, build_trainer
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SEED = 0
+
+Epoch = Callable[[], dict[str, float]]
+"""Trains one more epoch of a variant and returns what was timed, in seconds, by name."""
+
+
+def load_shared_data(scratch: Path) -> tuple[ImageData, str]:
+    """The tensors every variant trains on: Fashion-MNIST if Debian's package is installed, else synthetic data."""
+    if all((FASHION_MNIST_DIR / f"{name}.gz").is_file() for pair in IDX_FILES.values() for name in pair):
+        empty = scratch / "no-data"
+        empty.mkdir()
+        data: ImageData = IdxData("FashionMNIST", str(empty), system_dir=str(FASHION_MNIST_DIR), download=False)
+        name = "Fashion-MNIST"
+    else:
+        data, name = SyntheticData(num_train=60000, num_test=10000, val_size=5000), "synthetic"
+    data.setup()
+    return data, name
+
+
+def compose_config(batch_size: int | str, data_name: str, scratch: Path, run_name: str) -> DictConfig:
+    """conf/train.yaml as `src/train.py trainer=cpu logger=none ...` composes it; B = `full` means optimizer=gd."""
+    if data_name == "Fashion-MNIST":
+        data = ["data=fashion_mnist", f"data.data_dir={scratch / 'no-data'}", "data.download=false"]
+    else:
+        data = ["data=synthetic", "data.num_train=60000", "data.num_test=10000", "data.val_size=5000"]
+    steps = ["optimizer=gd"] if batch_size == "full" else [f"batch_size={batch_size}"]
+    overrides = ["trainer=cpu", "logger=none", f"seed={SEED}", f"run_dir={scratch / run_name}", *data, *steps]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+class EpochSeconds(Callback):
+    """Wall time from the start of the epoch to the end of `fit` (with one epoch per `fit`, the whole epoch), and
+    of the validation loop within it (the callbacks' hooks run before the checkpoint callbacks': no saving)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.validation_seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self.validation_seconds.append(time.perf_counter() - self._validation_start)
+
+    def on_train_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def fit_one_more_epoch(trainer: lightning.Trainer, model: lightning.LightningModule, **data: object) -> None:
+    """Continue training for exactly one epoch: same model, trainer, optimizer state and epoch counter."""
+    trainer.fit_loop.max_epochs = trainer.current_epoch + 1
+    trainer.fit(model, **data)
+
+
+def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData) -> Epoch:
+    """a_on: `build` + `build_trainer` as `train(cfg)` calls them, with the full evaluation and checkpoints."""
+    lightning.seed_everything(SEED, verbose=False)
+    data, model = build(cfg)
+    data.sets = shared.sets  # the very tensors the other variants use (the same values; one copy in memory)
+    trainer = build_trainer(cfg, Path(cfg.run_dir))
+    timer = EpochSeconds()
+    trainer.callbacks.append(timer)
+
+    def epoch() -> dict[str, float]:
+        train_s_before = model.history[-1]["time/train_s"] if model.history else 0.0
+        fit_one_more_epoch(trainer, model, datamodule=data)
+        train_s = model.history[-1]["time/train_s"] - train_s_before
+        return {
+            "a_on": timer.seconds[-1],
+            "a_on train": train_s,
+            "a_on validation": timer.validation_seconds[-1],
+            "a_on evaluation": timer.seconds[-1] - train_s,
+        }
+
+    return epoch
+
+
+def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData) -> Epoch:
+    """a: descent's data and model under its trainer config, with `limit_val_batches=0` and no callbacks.
+
+    The Trainer is built here from `cfg.trainer` rather than by `build_trainer`, whose best-checkpoint callback
+    monitors val/error and would fail without an evaluation: `enable_checkpointing=False, callbacks=[timer]`.
+    """
+    lightning.seed_everything(SEED, verbose=False)
+    data, model = build(cfg)
+    data.sets = shared.sets
+    timer = EpochSeconds()
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[timer], enable_checkpointing=False, limit_val_batches=0)
+
+    def epoch() -> dict[str, float]:
+        fit_one_more_epoch(trainer, model, datamodule=data)
+        return {"a": timer.seconds[-1]}
+
+    return epoch
+
+
+def plain_model(cfg: DictConfig, x: Tensor, y: Tensor) -> nn.Sequential:
+    """The MLP of `cfg.model`, initialised from the same seed as descent's."""
+    torch.manual_seed(SEED)
+    model = cfg.model
+    return mlp(x.shape[1], list(model.hidden), int(y.max()) + 1, model.activation, model.dropout)
+
+
+def plain_loop_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int) -> Epoch:
+    """b: randperm, slice, forward, backward, step; with B = N one full-batch step on the tensors as they are.
+
+    SGD with the composed config's learning rate (0.05 for optimizer=sgd, 0.5 for gd), as descent steps.
+    """
+    net = plain_model(cfg, x, y)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optimizer.lr)
+
+    def step(x_step: Tensor, y_step: Tensor) -> None:
+        loss = F.cross_entropy(net(x_step), y_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def epoch() -> dict[str, float]:
+        start = time.perf_counter()
+        if batch_size >= len(y):
+            step(x, y)
+        else:
+            order = torch.randperm(len(y))
+            for first in range(0, len(y), batch_size):
+                index = order[first : first + batch_size]
+                step(x[index], y[index])
+        return {"b": time.perf_counter() - start}
+
+    return epoch
+
+
+class PerSampleImages(Dataset):
+    """torchvision's MNIST: one uint8 image at a time through PIL and the transform, an int label.
+
+    The images are turned into one numpy array up front (torchvision calls `.numpy()` per sample), which only
+    flatters this variant.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.images, self.labels, self.transform = images.numpy(), labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+class TemplateClassifier(lightning.LightningModule):
+    """The common template's module: automatic optimization, the loss returned from `training_step`."""
+
+    def __init__(self, net: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x.flatten(1)), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def as_uint8_images(x: Tensor) -> Tensor:
+    """Undo the normalisation (an affine map, so min and max give it back): [N, 784] float -> [N, 28, 28] uint8."""
+    low, high = x.min(), x.max()
+    return ((x - low) / (high - low) * 255).round().to(torch.uint8).reshape(len(x), 28, 28)
+
+
+def torchvision_pipeline_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int) -> Epoch:
+    """c: PIL -> ToTensor -> Normalize per sample, default collate, shuffle, no workers, a default-ish Trainer."""
+    images = as_uint8_images(x)
+    mean, std = images.float().mean().item() / 255, images.float().std().item() / 255
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    loader = DataLoader(PerSampleImages(images, y, transform), batch_size=batch_size, shuffle=True, num_workers=0)
+    model = TemplateClassifier(plain_model(cfg, x, y), lr=cfg.optimizer.lr)
+    timer = EpochSeconds()
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+    def epoch() -> dict[str, float]:
+        fit_one_more_epoch(trainer, model, train_dataloaders=loader)
+        return {"c": timer.seconds[-1]}
+
+    return epoch
+
+
+def evaluation_forward_pass(cfg: DictConfig, shared: ImageData) -> Epoch:
+    """fwd: loss and errors of one forward pass over train, val and test in eval mode, `chunk_size` at a time."""
+    x, y = shared.sets["train"]
+    net = plain_model(cfg, x, y).eval()
+
+    def epoch() -> dict[str, float]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for x_set, y_set in shared.sets.values():
+                for x_chunk, y_chunk in zip(x_set.split(cfg.chunk_size), y_set.split(cfg.chunk_size), strict=True):
+                    logits = net(x_chunk)
+                    F.cross_entropy(logits, y_chunk, reduction="sum").item()
+                    (logits.argmax(1) != y_chunk).sum().item()
+        return {"fwd": time.perf_counter() - start}
+
+    return epoch
+
+
+def interleaved_epoch_seconds(variants: list[Epoch], epochs: int) -> dict[str, list[float]]:
+    """One warm-up round, then `epochs` rounds of one epoch of each variant; the i-th entries share a round."""
+    timings: dict[str, list[float]] = {}
+    for round_number in range(1 + epochs):
+        first = round_number % len(variants)
+        for epoch in variants[first:] + variants[:first]:
+            for name, seconds in epoch().items():
+                if round_number > 0:
+                    timings.setdefault(name, []).append(seconds)
+    return timings
+
+
+def measure_batch_size(
+    batch_size: int | str, shared: ImageData, data_name: str, scratch: Path, epochs: int, with_torchvision: bool
+) -> dict[str, list[float]]:
+    """Seconds of each timed epoch of every variant at one B (`full`: descent's optimizer=gd)."""
+    label = "gd" if batch_size == "full" else f"b{batch_size}"
+    cfg_on = compose_config(batch_size, data_name, scratch, f"{label}-on")
+    cfg_off = compose_config(batch_size, data_name, scratch, f"{label}-off")
+    x, y = shared.sets["train"]
+    steps_of = len(y) if batch_size == "full" else int(batch_size)
+    variants = [
+        descent_epochs_without_evaluation(cfg_off, shared),
+        descent_epochs_with_evaluation(cfg_on, shared),
+        plain_loop_epochs(cfg_off, x, y, steps_of),
+        evaluation_forward_pass(cfg_off, shared),
+    ]
+    if with_torchvision:
+        variants.append(torchvision_pipeline_epochs(cfg_off, x, y, steps_of))
+    started = time.perf_counter()
+    timings = interleaved_epoch_seconds(variants, epochs)
+    timings["a_on - a"] = [on - off for on, off in zip(timings["a_on"], timings["a"], strict=True)]
+    print(f"  B={batch_size}: {time.perf_counter() - started:.0f} s", flush=True)
+    return timings
+
+
+ROWS = {
+    "a": "a     descent, evaluation off",
+    "a_on": "a_on  descent, evaluation on (whole epoch)",
+    "a_on train": "        of which training (time/train_s)",
+    "a_on validation": "        of which the validation loop",
+    "b": "b     plain PyTorch loop",
+    "c": "c     torchvision + DataLoader + Lightning",
+    "fwd": "fwd   forward pass over train+val+test",
+}
+
+Target = tuple[str, float]
+"""("<=", 1.15): the ratio of medians must be at most 1.15; (">=", 4.0): at least 4."""
+
+RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
+    # title, numerator, denominator, target (one for every B, or by B)
+    ("a/b", "a", "b", {64: ("<=", 1.15), 512: ("<=", 1.05), "full": ("<=", 1.05)}),
+    ("a_on/b", "a_on", "b", None),
+    # The evaluation should add at most a forward pass: against the evaluation-off run, and within the same epochs.
+    ("eval cost (a_on - a) / fwd", "a_on - a", "fwd", ("<=", 1.0)),
+    ("eval cost (a_on - its train part) / fwd", "a_on evaluation", "fwd", ("<=", 1.0)),
+    ("c/a", "c", "a", (">=", 4.0)),
+]
+
+
+def print_report(results: dict[int | str, dict[str, list[float]]], header: str) -> None:
+    """Median seconds by variant and B; then each ratio of medians (and the median of the per-round ratios, less
+    sensitive to load that drifts during the run) beside its target, judged on the ratio of medians."""
+    titles = {b: "GD (B=N)" if b == "full" else f"B={b}" for b in results}
+    print(f"\n{header}\n")
+    print(f"{'seconds per epoch (median)':46}" + "".join(f"{title:>10}" for title in titles.values()))
+    for key, title in ROWS.items():
+        if any(key in timings for timings in results.values()):
+            medians = [
+                statistics.median(timings[key]) if key in timings else float("nan") for timings in results.values()
+            ]
+            print(f"{title:46}" + "".join(f"{median:>10.3f}" for median in medians))
+
+    print(f"\n{'ratio':46}{'medians':>10}{'paired':>10}{'target':>10}{'met':>6}")
+    for b, timings in results.items():
+        for name, numerator, denominator, rule in RATIOS:
+            if numerator not in timings:
+                continue
+            top, bottom = timings[numerator], timings[denominator]
+            of_medians = statistics.median(top) / statistics.median(bottom)
+            paired = statistics.median(x / y for x, y in zip(top, bottom, strict=True))
+            target = rule.get(b) if isinstance(rule, dict) else rule
+            line = f"{name + ' ' + titles[b]:46}{of_medians:>10.3f}{paired:>10.3f}"
+            if target is not None:
+                relation, bound = target
+                met = of_medians <= bound if relation == "<=" else of_medians >= bound
+                line += f"{relation + ' ' + str(bound):>10}{'yes' if met else 'NO':>6}"
+            print(line)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS {peak_mib:.0f} MiB; load average (1 min) at the end {os.getloadavg()[0]:.2f}")
+
+
+def parse_batch_size(text: str) -> int | str:
+    if text in ("full", "gd"):
+        return "full"
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of samples or `full`")
+    return int(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default 3)")
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=parse_batch_size,
+        default=[64, 512, "full"],
+        help="B values; `full` is full-batch GD, descent's optimizer=gd (default 64 512 full)",
+    )
+    parser.add_argument(
+        "--skip-torchvision",
+        action="store_true",
+        help="leave out the per-sample PIL + DataLoader pipeline (about 20 s an epoch on 2 cores; B=64 only)",
+    )
+    args = parser.parse_args()
+    if args.epochs < 1 or args.threads < 1:
+        parser.error("--epochs and --threads must be at least 1")
+
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # the per-fit "GPU available" lines
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+    with tempfile.TemporaryDirectory(prefix="epoch-speed-") as scratch_name:
+        scratch = Path(scratch_name)
+        shared, data_name = load_shared_data(scratch)
+        n_train = len(shared.sets["train"][1])
+        print(f"measuring {args.batch_sizes} on {data_name} ({n_train} training samples)", flush=True)
+        results = {
+            b: measure_batch_size(b, shared, data_name, scratch, args.epochs, b == 64 and not args.skip_torchvision)
+            for b in args.batch_sizes
+        }
+        model = compose_config(64, data_name, scratch, "header").model
+    assert torch.get_num_threads() == args.threads, "something changed the thread count"
+    widths = "-".join(str(width) for width in [shared.input_size, *model.hidden, shared.num_classes])
+    header = (
+        f"{data_name}: {n_train} training samples, MLP {widths} ({model.activation}), "
+        f"{args.threads} threads, torch {torch.__version__}, lightning {lightning.__version__}, "
+        f"median of {args.epochs} epoch(s) after 1 warm-up, variants interleaved"
+    )
+    print_report(results, header)
+
+
+if __name__ == "__main__":
+    main()
