@@ -98,6 +98,7 @@ BAD_INPUTS = [
         ["batch_size=100000"],
         "batch_size=100000 is larger than the training set (N=500): use at most 500, or batch_size=full",
     ),
+    (["chunk_size=0"], "chunk_size=0 is not allowed: give a positive number of samples, or chunk_size=full"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: the learning rate must be a positive number"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed"),
     (["trainer=gpu"], "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu"),

@@ -117,14 +117,16 @@ class OneEpoch:
         yield self.batches
 
 
+def is_sample_count(value: object) -> bool:
+    """A positive int, or `full`: what `batch_size` and `chunk_size` accept."""
+    return value == "full" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def parse_size(value: int | str, n: int, key: str) -> int:
     """A sample count from the config: a positive int up to `n`, or `full` for all `n`."""
+    require(is_sample_count(value), f"{key}={value!r} is not allowed: give a positive number of samples, or {key}=full")
     if value == "full":
         return n
-    require(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-        f"{key}={value!r} is not allowed: give a positive number of samples, or `full`",
-    )
     require(
         value <= n,
         f"{key}={value} is larger than the training set (N={n}): use at most {n}, or {key}=full",
@@ -138,7 +140,7 @@ class ImageData(LightningDataModule):
     def __init__(
         self,
         batch_size: int | str = 64,
-        chunk_size: int | str = 8192,
+        chunk_size: int | str = 4096,
         val_size: int = 5000,
         seed: int = 0,
         split_seed: int = 0,

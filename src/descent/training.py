@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from descent.data import EVAL_SETS, ImageData
+from descent.data import EVAL_SETS, ImageData, is_sample_count
 from descent.errors import DescentError, require
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.model import Classifier
@@ -24,10 +24,13 @@ MONITOR = "val/error"
 
 def check_config(cfg: DictConfig) -> None:
     """Fail on settings that cannot work before any data is loaded, naming the key."""
-    batch_size = cfg.batch_size
     require(
-        batch_size == "full" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1),
-        f"batch_size={batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+        is_sample_count(cfg.batch_size),
+        f"batch_size={cfg.batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+    )
+    require(
+        is_sample_count(cfg.chunk_size),
+        f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
     )
     lr = cfg.optimizer.get("lr")
     require(
