@@ -9,6 +9,7 @@ import lightning
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from descent.data import EVAL_SETS, ImageData, is_sample_count
@@ -111,12 +112,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+        trainer.logger.experiment.add_custom_scalars(CHARTS)
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     result = summarise(model.history, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("\n%s", format_table(result))
+        if isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger.log_hyperparams(hyperparameters(cfg, data), metrics=hparams_metrics(result))
     return result
+
+
+CHARTS = {
+    "train against test": {
+        name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")
+    }
+}
+"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each."""
+
+
+def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
+    """What tells runs apart in TensorBoard's HPARAMS tab."""
+    optimizer = cfg.optimizer
+    return {
+        "data": getattr(data, "dataset", type(data).__name__),
+        "optimizer": "gd" if cfg.full_batch else optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "lr": optimizer.lr,
+        "momentum": optimizer.get("momentum", 0.0),
+        "weight_decay": optimizer.get("weight_decay", 0.0),
+        "batch_size": data.samples_per_step,
+        "hidden": str(list(cfg.model.hidden)),
+        "activation": cfg.model.activation,
+        "dropout": cfg.model.dropout,
+        "seed": cfg.seed,
+        "max_epochs": cfg.max_epochs,
+    }
+
+
+def hparams_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The final and best-epoch figures, under their own tags (not the per-epoch ones) for the HPARAMS tab."""
+    keys = ("test/error", "test/loss", "train/loss", "train/error", "gap/error", "gap/loss", "val/error")
+    return {
+        f"hparams/{label}_{key.replace('/', '_')}": result[label][key] for label in ("final", "best") for key in keys
+    }
 
 
 def summarise(history: list[dict[str, float]], run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
