@@ -8,7 +8,7 @@ from typing import Any
 import lightning
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -89,12 +89,14 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
     return plan_chunk_size(plan, per_device, data.samples_per_chunk, cfg.full_batch, device)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> lightning.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: tuple[Callback, ...] = (), **overrides: Any
+) -> lightning.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", MONITOR, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
-    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last], **overrides)
+    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], **overrides)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.seed is not None:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks=(TensorBoardTabs(hyperparameters(cfg, data)),))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,16 +114,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-        trainer.logger.experiment.add_custom_scalars(CHARTS)
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     result = summarise(model.history, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("\n%s", format_table(result))
-        if isinstance(trainer.logger, TensorBoardLogger):
-            trainer.logger.log_hyperparams(hyperparameters(cfg, data), metrics=hparams_metrics(result))
     return result
+
+
+class TensorBoardTabs(Callback):
+    """The CUSTOM SCALARS layout at the start, the HPARAMS entry at the end (before Lightning closes the file)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def on_fit_start(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+            trainer.logger.experiment.add_custom_scalars(CHARTS)
+
+    def on_fit_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero and module.history:
+            trainer.logger.log_hyperparams(self.params, metrics=hparams_metrics(*final_and_best(module.history)))
 
 
 CHARTS = {
@@ -150,18 +163,19 @@ def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
     }
 
 
-def hparams_metrics(result: dict[str, Any]) -> dict[str, float]:
+def hparams_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str, float]:
     """The final and best-epoch figures, under their own tags (not the per-epoch ones) for the HPARAMS tab."""
     keys = ("test/error", "test/loss", "train/loss", "train/error", "gap/error", "gap/loss", "val/error")
     return {
-        f"hparams/{label}_{key.replace('/', '_')}": result[label][key] for label in ("final", "best") for key in keys
+        f"hparams/{label}_{key.replace('/', '_')}": row[key]
+        for label, row in (("final", final), ("best", best))
+        for key in keys
     }
 
 
 def summarise(history: list[dict[str, float]], run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
     """Final and best-epoch figures (best by MONITOR, the first epoch reaching it) with the whole history."""
-    final = history[-1]
-    best = min(history, key=lambda row: row[MONITOR])
+    final, best = final_and_best(history)
     return {
         "run_dir": str(run_dir),
         "monitor": MONITOR,
@@ -170,6 +184,10 @@ def summarise(history: list[dict[str, float]], run_dir: Path, best_checkpoint: s
         "best_checkpoint": best_checkpoint,
         "history": history,
     }
+
+
+def final_and_best(history: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    return history[-1], min(history, key=lambda row: row[MONITOR])
 
 
 def format_table(result: dict[str, Any]) -> str:
