@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from descent.backprop import average_over_ranks, backpropagate
 from descent.data import EVAL_SETS, Batches, Chunk
 from descent.errors import require
 
@@ -24,6 +25,7 @@ warnings.filterwarnings("ignore", message=".*when logging on epoch level in dist
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's chain of Jacobians written out
 
 
 def mlp(input_size: int, hidden: Sequence[int], num_classes: int, activation: str, dropout: float) -> nn.Sequential:
@@ -64,6 +66,7 @@ class Classifier(LightningModule):
         dropout: float = 0.0,
         optimizer: Callable[..., Optimizer] = torch.optim.SGD,
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        backprop: str = "autograd",
     ) -> None:
         super().__init__()
         hidden = [int(width) for width in hidden]  # a plain list in the checkpoint, never a ListConfig
@@ -72,12 +75,13 @@ class Classifier(LightningModule):
             f"model.hidden={hidden} must list positive layer widths",
         )
         require(0 <= dropout < 1, f"model.dropout={dropout} must be in [0, 1)")
+        require(backprop in BACKPROPS, f"model.backprop={backprop} is not one of {', '.join(BACKPROPS)}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
         # scales by a fixed count instead of the samples actually in the step.
         self.automatic_optimization = False
         self.net = mlp(input_size, hidden, num_classes, activation, dropout)
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer, self.scheduler, self.backprop = optimizer, scheduler, backprop
         self.history: list[dict[str, float]] = []
         self.last_evaluation: dict[str, float] = {}
         self._samples_seen = 0
@@ -92,6 +96,13 @@ class Classifier(LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
 
+    def on_fit_start(self) -> None:
+        require(
+            self.backprop == "autograd" or getattr(self.trainer.precision_plugin, "scaler", None) is None,
+            f"model.backprop=manual with trainer.precision={self.trainer.precision}: its loss scaler works through "
+            "autograd; use model.backprop=autograd or another precision",
+        )
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 
@@ -105,10 +116,15 @@ class Classifier(LightningModule):
         convert_input = self.trainer.precision_plugin.convert_input  # float64 under precision=64-true
         for chunk in epoch:
             chunk = convert_input(chunk)
-            loss_sum = F.cross_entropy(self.net(chunk.x), chunk.y, reduction="sum")
-            # manual_backward, not loss.backward(): under DDP Lightning prepares the gradient all-reduce here.
-            self.manual_backward(loss_sum / chunk.loss_divisor)
+            if self.backprop == "manual":
+                backpropagate(self.net, chunk.x, chunk.y, chunk.loss_divisor)
+            else:
+                loss_sum = F.cross_entropy(self.net(chunk.x), chunk.y, reduction="sum")
+                # manual_backward, not loss.backward(): under DDP Lightning prepares the gradient all-reduce here.
+                self.manual_backward(loss_sum / chunk.loss_divisor)
             if chunk.ends_step:
+                if self.backprop == "manual" and self.trainer.world_size > 1:  # no DDP hooks ran: average here
+                    average_over_ranks(self.net, lambda flat: self.trainer.strategy.reduce(flat, reduce_op="mean"))
                 self._samples_seen += round(chunk.loss_divisor * self.trainer.world_size)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
