@@ -8,9 +8,9 @@ help: ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY) ## create .venv and install descent with its dev extra
+install: $(PY) ## create .venv and install descent with its dev and optuna extras
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,optuna]'
 
 train: ## train with the default config (MNIST, SGD, B=64)
 	$(PY) src/train.py

@@ -8,10 +8,11 @@ from descent.errors import exit_on_error
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
     from descent.training import train  # here, so that a mistyped override fails before torch loads
 
-    train(cfg)
+    return train(cfg)["best"][cfg.monitor]
 
 
 if __name__ == "__main__":

@@ -148,11 +148,6 @@ def test_the_issue_command_runs_and_matches_autograd(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors.exit_on_error does not unwrap Hydra's InstantiationException: any DescentError raised in "
-    "Classifier.__init__ (model.dropout=2 too) ends in Hydra's multi-line report and exit 1",
-)
 def test_an_unknown_backprop_on_the_command_line_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
     done = run_train("model.backprop=nope", "data=synthetic", f"hydra.run.dir={tmp_path}")
     assert done.returncode == 2

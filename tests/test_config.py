@@ -8,6 +8,7 @@ import torch
 from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from descent.data import ImageData
 from descent.errors import DescentError
@@ -104,3 +105,28 @@ def test_experiment_options_compose_and_sweep_known_methods(make_cfg, experiment
         hydra_cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True).hydra
     swept = hydra_cfg.sweeper.params.method.split(",")
     assert set(swept) <= set(options("method")) and "gd" in swept
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str) -> None:
+    cfg = make_cfg(f"hparams_search={search}", "data=synthetic")
+    check_config(cfg)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=[f"hparams_search={search}", "hidden_width=64"], return_hydra_config=True)
+    hydra_cfg = composed.hydra
+    assert "Optuna" in hydra_cfg.sweeper._target_
+    searched = set(hydra_cfg.sweeper.params)
+    assert searched == {"optimizer.lr", "batch_size", "hidden_width", "optimizer.weight_decay"}
+    for key in searched:  # a key missing from the config would fail every trial
+        assert OmegaConf.select(cfg, key) is not None
+    assert OmegaConf.to_container(composed.model.hidden, resolve=True) == [64, 64]  # the width reaches the model
+
+
+def test_monitor_must_be_a_figure_to_minimise(make_cfg) -> None:
+    with pytest.raises(DescentError, match="monitor='test/acc' is not allowed: .* train/loss, train/error, val/loss"):
+        check_config(make_cfg("monitor=test/acc"))
+
+
+def test_image_every_n_epochs_must_be_a_whole_number(make_cfg) -> None:
+    with pytest.raises(DescentError, match=r"logger.image_every_n_epochs=-1 is not allowed"):
+        instantiate(make_cfg("logger.image_every_n_epochs=-1").logger)

@@ -1,12 +1,21 @@
 """What TensorBoard shows of a run, read back with TensorBoard's own reader."""
 
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import torch
+from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, IMAGES, EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from descent.tensorboard import confusion_matrix
 from descent.training import train
 
 
@@ -50,3 +59,90 @@ def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path
         "loss": ["train/loss", "val/loss", "test/loss"],
         "error": ["train/error", "val/error", "test/error"],
     }
+
+
+def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=3", "logger.image_every_n_epochs=2"))
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={IMAGES: 0})
+    events.Reload()
+    grids = events.Images("misclassified test images")
+    assert [image.step for image in grids] == [2, 3]  # every 2 epochs, and the last
+    (matrix,) = events.Images("confusion matrix (test)")
+    assert matrix.step == 3
+    for image in [*grids, matrix]:
+        assert image.encoded_image_string.startswith(b"\x89PNG") and image.width > 200 and image.height > 200
+    assert "histograms" not in events.Tags() or events.Tags()["histograms"] == []
+
+
+def test_no_images_when_switched_off(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=1", "logger.image_every_n_epochs=0"))
+    assert read(tmp_path / "run").Tags()["images"] == ["confusion matrix (test)"]
+
+
+def test_weight_and_gradient_histograms_per_layer_when_asked(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("logger.histograms=true", "model.hidden=[16,8]"))
+    histograms = read(tmp_path / "run").Tags()["histograms"]
+    for kind in ("weights", "gradients"):
+        for layer in ("0", "2", "4"):  # the Linear layers of nn.Sequential
+            for name in ("weight", "bias"):
+                assert f"{kind}/{layer}.{name}" in histograms
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={HISTOGRAMS: 0})
+    events.Reload()
+    gradients = events.Histograms("gradients/0.weight")
+    assert [event.step for event in gradients] == [1, 2]
+    # A real gradient: spread over many values, not a constant, and changing between epochs.
+    assert all(event.histogram_value.max > event.histogram_value.min for event in gradients)
+    assert gradients[0].histogram_value.sum_squares != gradients[1].histogram_value.sum_squares
+
+
+def test_confusion_matrix_counts_true_by_predicted() -> None:
+    true = torch.tensor([0, 0, 1, 2, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 2, 0, 2])
+    assert confusion_matrix(predicted, true, 3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_tensorboard_server_serves_the_runs_and_their_scalars(make_cfg, tmp_path: Path) -> None:
+    result = train(make_cfg())
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "tensorboard"),
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline = time.monotonic() + 90
+        runs: list[str] = []
+        while "run" not in runs:  # the server reads the event files in the background after it starts
+            assert time.monotonic() < deadline, "tensorboard listed no run within 90 s"
+            time.sleep(0.5)
+            try:
+                runs = json.load(urllib.request.urlopen(f"{base}/runs", timeout=5))
+            except OSError:
+                continue
+        query = urllib.parse.urlencode({"run": "run", "tag": "test/loss"})
+        points = json.load(urllib.request.urlopen(f"{base}/plugin/scalars/scalars?{query}", timeout=10))
+        assert [step for _, step, _ in points] == [1, 2]
+        assert [value for _, _, value in points] == pytest.approx(
+            [row["test/loss"] for row in result["history"]], rel=1e-6
+        )
+        tags = json.load(urllib.request.urlopen(f"{base}/plugin/scalars/tags", timeout=10))
+        assert {"train/loss", "test/loss", "train/error", "test/error", "progress/lr"} <= set(tags["run"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -177,6 +177,7 @@ class ImageData(LightningDataModule):
         )
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
+        self.image_shape = tuple(x_train.shape[1:])
         x_train = x_train.flatten(1).float()
         mean, std = x_train[train].mean(), x_train[train].std()
 
@@ -194,6 +195,10 @@ class ImageData(LightningDataModule):
         if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
             chunk_size = min(chunk_size, self.num_train)
         self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(label) for label in range(self.num_classes)]
 
     @property
     def nbytes(self) -> int:
@@ -314,6 +319,13 @@ class IdxData(ImageData):
                 f"{self.dataset} files not found in {looked} and the download failed "
                 f"({' '.join(str(error).split())}): {how}"
             ) from None
+
+    @property
+    def class_names(self) -> list[str]:
+        import torchvision.datasets
+
+        names = getattr(getattr(torchvision.datasets, self.dataset, None), "classes", [])
+        return names if len(names) == self.num_classes else super().class_names
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.prepare_data()

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from hydra.errors import InstantiationException
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -15,19 +17,37 @@ class DescentError(Exception):
 
 
 def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
-    """Turn a DescentError into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1)."""
+    """Turn a DescentError into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1).
+
+    In a multirun the error is raised on after its line, so that Hydra marks the job failed, runs the others
+    and fails the sweep at the end, rather than the first bad job ending the whole sweep.
+    """
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return main(*args, **kwargs)
+            try:
+                return main(*args, **kwargs)
+            except InstantiationException as error:  # raised in a constructor that Hydra called: report ours
+                if isinstance(error.__cause__, DescentError):
+                    raise error.__cause__ from None
+                raise
         except DescentError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {error}", file=sys.stderr)
+            if in_multirun():
+                raise
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def require(condition: Any, message: str) -> None:

@@ -9,18 +9,15 @@ import lightning
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from descent.data import EVAL_SETS, ImageData, is_sample_count
 from descent.errors import DescentError, require
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.model import Classifier
+from descent.tensorboard import TensorBoardTabs, final_and_best, hyperparameters
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val/error"
-"""Chooses the best epoch: its checkpoint is best.ckpt and its figures are the `best` row of metrics.json."""
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -32,6 +29,12 @@ def check_config(cfg: DictConfig) -> None:
     require(
         is_sample_count(cfg.chunk_size),
         f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
+    )
+    monitors = [f"{stage}/{kind}" for stage in EVAL_SETS for kind in ("loss", "error")]
+    require(
+        cfg.monitor in monitors,
+        f"monitor={cfg.monitor!r} is not allowed: choose the best epoch (and a sweep's objective) by one of "
+        f"{', '.join(monitors)}",
     )
     lr = cfg.optimizer.get("lr")
     require(
@@ -94,7 +97,7 @@ def build_trainer(
 ) -> lightning.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
-    best = ModelCheckpoint(run_dir / "checkpoints", "best", MONITOR, mode="min", enable_version_counter=False)
+    best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
     return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], **overrides)
 
@@ -106,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.seed is not None:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
-    trainer = build_trainer(cfg, run_dir, callbacks=(TensorBoardTabs(hyperparameters(cfg, data)),))
+    trainer = build_trainer(cfg, run_dir, callbacks=(TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor),))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,79 +118,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.ckpt_path is not None:
         require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
-    result = summarise(model.history, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
+    result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("\n%s", format_table(result))
     return result
 
 
-class TensorBoardTabs(Callback):
-    """The CUSTOM SCALARS layout at the start, the HPARAMS entry at the end (before Lightning closes the file)."""
-
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-
-    def on_fit_start(self, trainer: lightning.Trainer, module: Classifier) -> None:
-        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-            trainer.logger.experiment.add_custom_scalars(CHARTS)
-
-    def on_fit_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
-        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero and module.history:
-            trainer.logger.log_hyperparams(self.params, metrics=hparams_metrics(*final_and_best(module.history)))
-
-
-CHARTS = {
-    "train against test": {
-        name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")
-    }
-}
-"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each."""
-
-
-def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
-    """What tells runs apart in TensorBoard's HPARAMS tab."""
-    optimizer = cfg.optimizer
-    return {
-        "data": getattr(data, "dataset", type(data).__name__),
-        "optimizer": "gd" if cfg.full_batch else optimizer._target_.rsplit(".", 1)[-1].lower(),
-        "lr": optimizer.lr,
-        "momentum": optimizer.get("momentum", 0.0),
-        "weight_decay": optimizer.get("weight_decay", 0.0),
-        "batch_size": data.samples_per_step,
-        "hidden": str(list(cfg.model.hidden)),
-        "activation": cfg.model.activation,
-        "dropout": cfg.model.dropout,
-        "seed": cfg.seed,
-        "max_epochs": cfg.max_epochs,
-    }
-
-
-def hparams_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str, float]:
-    """The final and best-epoch figures, under their own tags (not the per-epoch ones) for the HPARAMS tab."""
-    keys = ("test/error", "test/loss", "train/loss", "train/error", "gap/error", "gap/loss", "val/error")
-    return {
-        f"hparams/{label}_{key.replace('/', '_')}": row[key]
-        for label, row in (("final", final), ("best", best))
-        for key in keys
-    }
-
-
-def summarise(history: list[dict[str, float]], run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
-    """Final and best-epoch figures (best by MONITOR, the first epoch reaching it) with the whole history."""
-    final, best = final_and_best(history)
+def summarise(history: list[dict[str, float]], monitor: str, run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
+    """Final and best-epoch figures (best by `monitor`, the first epoch reaching it) with the whole history."""
+    final, best = final_and_best(history, monitor)
     return {
         "run_dir": str(run_dir),
-        "monitor": MONITOR,
+        "monitor": monitor,
         "final": final,
         "best": best,
         "best_checkpoint": best_checkpoint,
         "history": history,
     }
-
-
-def final_and_best(history: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    return history[-1], min(history, key=lambda row: row[MONITOR])
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,0 +1,200 @@
+"""What TensorBoard shows of a run beyond the per-epoch scalars: HPARAMS, custom charts, images and histograms."""
+
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from torch import Tensor
+
+from descent.data import EVAL_SETS, ImageData
+from descent.errors import require
+from descent.model import Classifier
+
+CHARTS = {
+    "train against test": {
+        name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")
+    }
+}
+"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each."""
+
+GRID_IMAGES = 32
+"""Misclassified test images in each grid (the first ones in test-set order, so grids of epochs compare)."""
+
+
+class Logger(TensorBoardLogger):
+    """Lightning's TensorBoard logger with descent's settings for pictures (read by `TensorBoardTabs`).
+
+    `image_every_n_epochs`: a grid of misclassified test images every n epochs and at the last one (0: never).
+    `histograms`: weight and gradient histograms per layer every epoch.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        name: str = "",
+        version: str = "",
+        image_every_n_epochs: int = 5,
+        histograms: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        require(
+            isinstance(image_every_n_epochs, int) and image_every_n_epochs >= 0,
+            f"logger.image_every_n_epochs={image_every_n_epochs!r} is not allowed: give a whole number of epochs, "
+            "or 0 for no image grids",
+        )
+        # default_hp_metric=False: no placeholder hp_metric in HPARAMS, which gets the real figures at the end.
+        super().__init__(save_dir, name=name, version=version, default_hp_metric=False, **kwargs)
+        self.image_every_n_epochs, self.histograms = image_every_n_epochs, bool(histograms)
+
+
+class TensorBoardTabs(Callback):
+    """Fills TensorBoard's tabs: CUSTOM SCALARS at the start, IMAGES and HISTOGRAMS at the end of each epoch,
+    the confusion matrix and HPARAMS at the end of the run (before Lightning closes the event file).
+
+    Does nothing unless the trainer's logger is a `Logger`; only rank 0 writes.
+    """
+
+    def __init__(self, params: dict[str, Any], data: ImageData, monitor: str) -> None:
+        self.params, self.data, self.monitor = params, data, monitor
+        self._grads: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _logger(trainer: lightning.Trainer) -> Logger | None:
+        return trainer.logger if isinstance(trainer.logger, Logger) and trainer.is_global_zero else None
+
+    def on_fit_start(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        if logger := self._logger(trainer):
+            logger.experiment.add_custom_scalars(CHARTS)
+
+    def on_before_optimizer_step(self, trainer: lightning.Trainer, module: Classifier, optimizer: Any) -> None:
+        # A reference, not a copy: zero_grad(set_to_none=True) lets the next backward allocate fresh tensors,
+        # so these keep the gradient of the epoch's last step for the histograms.
+        if (logger := self._logger(trainer)) and logger.histograms:
+            self._grads = {name: p.grad for name, p in module.net.named_parameters() if p.grad is not None}
+
+    def on_validation_epoch_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        logger = self._logger(trainer)
+        if logger is None or not module._end_of_epoch():
+            return
+        epoch = module.current_epoch + 1
+        writer = logger.experiment
+        if logger.histograms:
+            for name, parameter in module.net.named_parameters():
+                writer.add_histogram(f"weights/{name}", parameter, epoch)
+            for name, grad in self._grads.items():
+                writer.add_histogram(f"gradients/{name}", grad, epoch)
+        every = logger.image_every_n_epochs
+        if every and (epoch % every == 0 or epoch == trainer.max_epochs):
+            predicted, x, y = self._test_predictions(module)
+            wrong = (predicted != y).nonzero().flatten()[:GRID_IMAGES].cpu()
+            figure = misclassified_grid(x[wrong].cpu(), predicted[wrong].cpu(), y[wrong].cpu(), self._image_info())
+            writer.add_figure("misclassified test images", figure, epoch)
+
+    def on_fit_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        logger = self._logger(trainer)
+        if logger is None or not module.history:
+            return
+        epoch = int(module.history[-1]["epoch"])
+        predicted, _, y = self._test_predictions(module)
+        figure = confusion_matrix_figure(confusion_matrix(predicted, y, self.data.num_classes), self._image_info()[1])
+        logger.experiment.add_figure("confusion matrix (test)", figure, epoch)
+        final, best = final_and_best(module.history, self.monitor)
+        logger.log_hyperparams(self.params, metrics=hparams_metrics(final, best))
+
+    def _image_info(self) -> tuple[tuple[int, ...], list[str]]:
+        return self.data.image_shape, self.data.class_names
+
+    @torch.no_grad()
+    def _test_predictions(self, module: Classifier) -> tuple[Tensor, Tensor, Tensor]:
+        """theta^k's class for every test image (this rank holds the whole test set), in test-set order."""
+        x, y = self.data.sets["test"]
+        was_training = module.net.training
+        module.net.eval()
+        step = self.data.samples_per_chunk
+        predicted = torch.cat([module.net(x[i : i + step].to(module.dtype)).argmax(1) for i in range(0, len(y), step)])
+        module.net.train(was_training)
+        return predicted, x, y
+
+
+def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int) -> Tensor:
+    """counts[t, p]: test images of true class t predicted as p."""
+    return torch.bincount(true * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def to_image(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A flattened (normalised) sample as an image matplotlib shows: [H, W] grey or [H, W, C] (channel-planar in)."""
+    image = x.reshape(shape).float()
+    if image.ndim == 3:  # [C, H, W] -> [H, W, C], rescaled to [0, 1] since normalised values are not colours
+        image = image.permute(1, 2, 0)
+        image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-12)
+    return image
+
+
+def misclassified_grid(x: Tensor, predicted: Tensor, true: Tensor, info: tuple[tuple[int, ...], list[str]]) -> Figure:
+    shape, names = info
+    columns = 8
+    rows = max(1, -(-len(true) // columns))
+    figure = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
+    for i, ax in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        ax.set_axis_off()
+        if i < len(true):
+            ax.imshow(to_image(x[i], shape).numpy(), cmap="gray")
+            ax.set_title(f"pred {names[predicted[i]]}\ntrue {names[true[i]]}", fontsize=8)
+    if len(true) == 0:
+        figure.suptitle("no misclassified test images")
+    return figure
+
+
+def confusion_matrix_figure(counts: Tensor, names: list[str]) -> Figure:
+    n = len(names)
+    size = min(4 + 0.6 * n, 16)
+    figure = Figure(figsize=(size, size), layout="constrained")
+    ax = figure.subplots()
+    ax.imshow(counts.numpy(), cmap="Blues")
+    if n <= 20:  # beyond that, numbers and names no longer fit in their cells
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        for t in range(n):
+            for p in range(n):
+                ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"test set: {int(counts.sum())} images, {int(counts.trace())} correct")
+    return figure
+
+
+def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
+    """What tells runs apart in TensorBoard's HPARAMS tab."""
+    optimizer = cfg.optimizer
+    return {
+        "data": getattr(data, "dataset", type(data).__name__),
+        "optimizer": "gd" if cfg.full_batch else optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "lr": optimizer.lr,
+        "momentum": optimizer.get("momentum", 0.0),
+        "weight_decay": optimizer.get("weight_decay", 0.0),
+        "batch_size": data.samples_per_step,
+        "hidden": str(list(cfg.model.hidden)),
+        "activation": cfg.model.activation,
+        "dropout": cfg.model.dropout,
+        "seed": cfg.seed,
+        "max_epochs": cfg.max_epochs,
+    }
+
+
+def final_and_best(history: list[dict[str, float]], monitor: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The last epoch's figures, and those of the first epoch with the lowest `monitor`."""
+    return history[-1], min(history, key=lambda row: row[monitor])
+
+
+def hparams_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str, float]:
+    """The final and best-epoch figures, under their own tags (not the per-epoch ones) for the HPARAMS tab."""
+    keys = ("test/error", "test/loss", "train/loss", "train/error", "gap/error", "gap/loss", "val/error")
+    return {
+        f"hparams/{label}_{key.replace('/', '_')}": row[key]
+        for label, row in (("final", final), ("best", best))
+        for key in keys
+    }

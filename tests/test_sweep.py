@@ -1,0 +1,92 @@
+"""Multiruns that compare themselves: summary.csv and summary.md, failed jobs, and the Optuna search."""
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from test_cli import run, scalars, small
+
+pytestmark = pytest.mark.slow
+
+
+def read_summary(sweep_dir: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    with open(sweep_dir / "summary.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    return [r for r in rows if r["row"] == "configuration"], [r for r in rows if r["row"] == "run"]
+
+
+def test_a_2x2_sweep_summarises_each_run_and_each_configuration_over_seeds(idx_dir: Path, tmp_path: Path) -> None:
+    done = run(
+        "src/train.py", "-m", "optimizer=sgd,momentum", "seed=0,1", *small(idx_dir), f"hydra.sweep.dir={tmp_path}"
+    )
+    assert done.returncode == 0, done.stderr
+    configurations, runs = read_summary(tmp_path)
+    assert len(runs) == 4
+    for row in runs:
+        run_dir = tmp_path / row["run"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert row["status"] == "ok"
+        assert row["configuration"] == f"optimizer={row['optimizer']}"
+        assert float(row["best val/error"]) == metrics["best"]["val/error"]
+        assert float(row["final test/error"]) == metrics["final"]["test/error"]
+        assert float(row["best epoch"]) == metrics["best"]["epoch"]
+        # The summary agrees with what TensorBoard shows of the run.
+        assert float(row["final test/loss"]) == pytest.approx(scalars(run_dir)["test/loss"][-1], rel=1e-6)
+    assert [row["configuration"] for row in configurations] != []
+    for config in configurations:
+        members = [row for row in runs if row["configuration"] == config["configuration"]]
+        assert sorted(row["seed"] for row in members) == ["0", "1"]
+        for figure in ("best val/error", "final test/error", "final train/loss"):
+            values = [float(row[figure]) for row in members]
+            assert float(config[figure]) == pytest.approx(statistics.fmean(values))
+            assert float(config[f"{figure} std"]) == pytest.approx(statistics.stdev(values))
+    objectives = [float(row["best val/error"]) for row in configurations]
+    assert objectives == sorted(objectives)  # best configuration first
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "4 runs, 0 failed" in markdown
+    for row in runs:
+        assert f"`{row['run']}`" in markdown
+
+
+def test_a_failed_job_is_reported_and_does_not_stop_the_others(idx_dir: Path, tmp_path: Path) -> None:
+    done = run("src/train.py", "-m", "batch_size=100000,50", *small(idx_dir), f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode != 0  # the sweep as a whole failed, after running every job
+    assert "error: batch_size=100000 is larger than the training set (N=500)" in done.stderr
+    _, runs = read_summary(tmp_path)
+    status = {row["batch_size"]: row for row in runs}
+    assert status["50"]["status"] == "ok"
+    assert (tmp_path / status["50"]["run"] / "checkpoints" / "last.ckpt").is_file()
+    assert status["100000"]["status"] == "failed"
+    assert "batch_size=100000 is larger than the training set" in status["100000"]["error"]
+    assert "1 failed" in (tmp_path / "summary.md").read_text()
+
+
+def test_an_optuna_search_of_3_trials_completes(tmp_path: Path) -> None:
+    done = run(
+        "src/train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "data=synthetic",
+        "data.num_train=1200",
+        "data.num_test=300",
+        "data.val_size=200",
+        "data.noise=6",
+        "max_epochs=2",
+        "trainer=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert done.returncode == 0, done.stderr
+    _, runs = read_summary(tmp_path)
+    assert len(runs) == 3 and all(row["status"] == "ok" for row in runs)
+    searched = {"optimizer.lr", "batch_size", "hidden_width", "optimizer.weight_decay"}
+    for row in runs:
+        assert searched <= {key for key, value in row.items() if value}
+        config = (tmp_path / row["run"] / "config.yaml").read_text()
+        width = row["hidden_width"]
+        assert f"hidden:\n  - {width}\n  - {width}\n" in config  # the searched width reaches the model
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    best = min(float(row["best val/error"]) for row in runs)
+    assert f"best_value: {best}" in results
