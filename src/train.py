@@ -12,7 +12,10 @@ def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
     from descent.training import train  # here, so that a mistyped override fails before torch loads
 
-    return train(cfg)["best"][cfg.monitor]
+    from descent.multirun import ddp_ranks_run_this_job
+
+    with ddp_ranks_run_this_job():  # under -m, trainer=ddp's other ranks run this job, not the sweep again
+        return train(cfg)["best"][cfg.monitor]
 
 
 if __name__ == "__main__":
