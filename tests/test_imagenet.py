@@ -1,0 +1,243 @@
+"""ImageNet-scale data on small generated files through the real loading code; DDP's shares; multirun with DDP."""
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONF, ROOT, python
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from descent.data import Batches
+from descent.errors import DescentError
+from descent.imagenet import release_files
+from descent.training import build, train
+
+spec = importlib.util.spec_from_file_location("make_imagenet", ROOT / "bench" / "make_imagenet.py")
+make_imagenet = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_imagenet)
+
+TRAIN, TEST, CLASSES, VAL_SIZE = 600, 200, 10, 100
+TINY = ["trainer=cpu", "model.hidden=[32]", "max_epochs=2", "logger=none", f"data.val_size={VAL_SIZE}"]
+
+
+@pytest.fixture(scope="session")
+def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Imagenet32-format .npz files: 600 training, 200 validation images of 10 classes."""
+    directory = tmp_path_factory.mktemp("imagenet32")
+    make_imagenet.write_npz_set(directory, TRAIN, TEST, 32, CLASSES)
+    return directory
+
+
+def compose_cfg(*overrides: str, data_dir: Path, run_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train", overrides=["data=imagenet32", *TINY, f"data.data_dir={data_dir}", f"run_dir={run_dir}", *overrides]
+        )
+
+
+def copy_of(directory: Path, tmp_path: Path) -> Path:
+    """The release files without a cache, so that a test sees the conversion."""
+    target = tmp_path / "data"
+    target.mkdir()
+    for path in directory.glob("*.npz"):
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_sgd_trains_on_imagenet32_and_evaluates_every_set(imagenet32_dir: Path, tmp_path: Path) -> None:
+    result = train(compose_cfg("optimizer=sgd", "batch_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
+    first, last = result["history"]
+    assert last["progress/steps"] == 2 * -(-(TRAIN - VAL_SIZE) // 64)
+    assert last["progress/samples"] == 2 * (TRAIN - VAL_SIZE)
+    assert last["train/loss"] < first["train/loss"] < np.log(CLASSES)
+    assert last["test/error"] < 0.5  # learnable: a prototype per class
+
+
+def test_gd_on_imagenet32_takes_one_exact_step_per_epoch_in_chunks(imagenet32_dir: Path, tmp_path: Path) -> None:
+    result = train(compose_cfg("optimizer=gd", "chunk_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
+    assert [row["progress/steps"] for row in result["history"]] == [1, 2]
+    assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]
+
+
+def test_gd_step_from_the_memmap_equals_one_step_on_all_the_data(imagenet32_dir: Path, tmp_path: Path) -> None:
+    """The chunks of a GD epoch, gathered from the cache and normalised on the device, are the whole split."""
+    data, _ = build(compose_cfg("optimizer=gd", "chunk_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
+    chunks = list(data.train_dataloader().batches)
+    assert len(chunks) == -(-(TRAIN - VAL_SIZE) // 64) and [c.ends_step for c in chunks].count(True) == 1
+    assert {c.loss_divisor for c in chunks} == {TRAIN - VAL_SIZE}
+    x = torch.cat([c.x for c in chunks])
+    raw = np.concatenate([np.load(path)["data"] for path in release_files(imagenet32_dir)[0]])
+    _, train_rows = data._split(TRAIN)
+    header = data.cache.header
+    expected = torch.from_numpy(raw[train_rows]).float().reshape(-1, 3, 1024) - torch.tensor(header["mean"])[:, None]
+    expected /= torch.tensor(header["std"])[:, None]
+    torch.testing.assert_close(x, expected.reshape(-1, 3072))
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+
+
+def test_each_rank_draws_its_own_share_and_together_every_sample_once(imagenet32_dir: Path, tmp_path: Path) -> None:
+    data, _ = build(compose_cfg("batch_size=50", data_dir=imagenet32_dir, run_dir=tmp_path))
+    x, y = data.splits["train"]
+    seen = Counter()
+    for rank in range(2):
+        batches = Batches(x, y, 50, 64, seed=0, rank=rank, world_size=2)  # type: ignore[arg-type]
+        for chunk in batches:
+            seen.update(chunk.y.tolist())
+    assert seen == Counter(y.tolist())
+
+
+def test_the_cache_is_written_once_and_reused(imagenet32_dir: Path, tmp_path: Path) -> None:
+    data_dir = copy_of(imagenet32_dir, tmp_path)
+    build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "a"))
+    cache = data_dir / "cache" / "imagenet32"
+    written = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
+    assert {"header.json", "train_x.u8", "train_y.i16", "test_x.u8", "test_y.i16"} <= set(written)
+    assert not list(cache.glob("*.tmp"))
+    assert (cache / "train_x.u8").stat().st_size == TRAIN * 3072
+    build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "b"))
+    assert {path.name: path.stat().st_mtime_ns for path in cache.iterdir()} == written
+
+
+def test_a_cache_without_its_header_is_converted_again(imagenet32_dir: Path, tmp_path: Path) -> None:
+    """The header is written last: a conversion killed before it never looks complete."""
+    data_dir = copy_of(imagenet32_dir, tmp_path)
+    build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "a"))
+    header = data_dir / "cache" / "imagenet32" / "header.json"
+    header.unlink()
+    (data_dir / "cache" / "imagenet32" / "train_x.u8").write_bytes(b"half")
+    data, _ = build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "b"))
+    assert header.is_file() and data.num_train == TRAIN - VAL_SIZE
+
+
+def test_the_data_module_pickles_without_its_images(imagenet32_dir: Path, tmp_path: Path) -> None:
+    """ddp_spawn and submitit pickle it: the memory map is reopened on the other side, never copied."""
+    data, _ = build(compose_cfg(data_dir=imagenet32_dir, run_dir=tmp_path))
+    next(iter(data.train_dataloader().batches))  # maps the file
+    copy = pickle.loads(pickle.dumps(data))
+    assert len(pickle.dumps(data)) < TRAIN * 3072 / 4
+    torch.testing.assert_close(copy.sets["test"][0][0:5], data.sets["test"][0][0:5])
+
+
+def test_a_pickled_release_file_is_refused_with_the_conversion(tmp_path: Path) -> None:
+    with open(tmp_path / "train_data_batch_1", "wb") as file:  # the original release's format
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 2]}, file)
+    with pytest.raises(DescentError, match=r"train_data_batch_1: is in Python's pickle format.*numpy.savez\(F"):
+        build(compose_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))
+
+
+def test_a_pickle_named_npz_is_refused_without_being_unpickled(imagenet32_dir: Path, tmp_path: Path) -> None:
+    data_dir = copy_of(imagenet32_dir, tmp_path)
+    with open(data_dir / "val_data.npz", "wb") as file:
+        pickle.dump({"data": 0}, file)
+    with pytest.raises(DescentError, match=r"val_data.npz: is in Python's pickle format; descent never unpickles"):
+        build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "run"))
+
+
+def test_an_npz_of_object_arrays_is_refused(imagenet32_dir: Path, tmp_path: Path) -> None:
+    data_dir = copy_of(imagenet32_dir, tmp_path)
+    np.savez(data_dir / "val_data.npz", data=np.array([None, 1], dtype=object), labels=np.array([1, 2]))
+    with pytest.raises(DescentError, match=r"val_data.npz: is in Python's pickle format"):
+        build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "run"))
+
+
+def test_an_npz_with_other_keys_is_refused_naming_them(imagenet32_dir: Path, tmp_path: Path) -> None:
+    data_dir = copy_of(imagenet32_dir, tmp_path)
+    np.savez(data_dir / "val_data.npz", x=np.zeros((2, 3072), np.uint8), y=np.array([1, 2]))
+    with pytest.raises(
+        DescentError, match=r"val_data.npz: holds the arrays \['x', 'y'\], expected \['data', 'labels'\]"
+    ):
+        build(compose_cfg(data_dir=data_dir, run_dir=tmp_path / "run"))
+
+
+def test_imagenet64_files_at_32_say_which_size_they_hold(imagenet32_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DescentError, match=r"expected uint8 \[N, 12288\] for 64x64 RGB images"):
+        build(compose_cfg("data=imagenet64", data_dir=copy_of(imagenet32_dir, tmp_path), run_dir=tmp_path / "r"))
+
+
+def test_missing_files_name_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(DescentError, match=f"data.data_dir={tmp_path}: no train_data_batch_<k>.npz found"):
+        build(compose_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))
+
+
+def run_train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python(), "src/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["sgd", "gd"])
+def test_the_issue_commands_train_and_evaluate(imagenet32_dir: Path, tmp_path: Path, optimizer: str) -> None:
+    done = run_train(
+        "data=imagenet32", f"data.data_dir={imagenet32_dir}", f"optimizer={optimizer}", "batch_size=256",
+        *TINY, f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["final"]["progress/steps"] == 2 * (1 if optimizer == "gd" else 2)
+    assert metrics["final"]["test/loss"] < np.log(CLASSES)
+
+
+def recorded_epochs(record_dir: Path) -> dict[int, dict[int, list[int]]]:
+    """epoch -> rank -> the training samples that rank drew, in order."""
+    epochs: dict[int, dict[int, list[int]]] = {}
+    for path in record_dir.glob("rank*.txt"):
+        rank = int(path.stem.removeprefix("rank"))
+        for line in path.read_text().splitlines():
+            epoch, *samples = map(int, line.split())
+            epochs.setdefault(epoch, {}).setdefault(rank, []).extend(samples)
+    return epochs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["idx", "imagenet32"])
+def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(
+    data: str, idx_dir: Path, imagenet32_dir: Path, tmp_path: Path
+) -> None:
+    """Two gloo ranks, B=64 (steps split 32/32, the last one uneven): the recorded draws of both ranks."""
+    target = {"idx": "recording_data.RecordingIdx", "imagenet32": "recording_data.RecordingImageNet"}[data]
+    data_args = [f"data.data_dir={idx_dir}", "data.download=false"] if data == "idx" else ["data=imagenet32"]
+    data_args += [f"data.data_dir={imagenet32_dir}"] if data == "imagenet32" else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    done = run_train(
+        "trainer=ddp_cpu", *data_args, f"data._target_={target}", f"+data.record_dir={tmp_path / 'record'}",
+        "batch_size=64", *TINY, f"hydra.run.dir={tmp_path / 'run'}", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    n_train = (600 if data == "idx" else TRAIN) - VAL_SIZE
+    epochs = recorded_epochs(tmp_path / "record")
+    assert sorted(epochs) == [0, 1]
+    for ranks in epochs.values():
+        assert sorted(ranks) == [0, 1]
+        assert sorted(ranks[0] + ranks[1]) == list(range(n_train))  # every sample, once, across the ranks
+        assert abs(len(ranks[0]) - len(ranks[1])) <= 8  # one contiguous share of each step per rank
+    assert epochs[0][0] != epochs[1][0]  # a fresh permutation each epoch
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final"]["progress/samples"] == 2 * n_train  # reduced over the ranks
+    # Rank 0 alone writes: one checkpoint of each kind, one metrics file, no second version from rank 1.
+    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_two_job_multirun_with_ddp_cpu_leaves_exactly_two_run_dirs(idx_dir: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [python(), str(ROOT / "src" / "train.py"), "-m", "trainer=ddp_cpu", "seed=0,1", f"data.data_dir={idx_dir}",
+         "data.download=false", *TINY[1:], "max_epochs=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    jobs = sorted(path for path in sweeps[0].iterdir() if path.is_dir())
+    assert [path.name.split("seed=")[1].split(",")[0] for path in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "metrics.json").is_file() and (job / "train_ddp_process_1.log").is_file()
+    assert not (tmp_path / "logs" / "train" / "runs").exists()  # rank 1 ran in the job's dir, not a dir of its own
