@@ -241,3 +241,46 @@ def test_a_two_job_multirun_with_ddp_cpu_leaves_exactly_two_run_dirs(idx_dir: Pa
     for job in jobs:
         assert (job / "metrics.json").is_file() and (job / "train_ddp_process_1.log").is_file()
     assert not (tmp_path / "logs" / "train" / "runs").exists()  # rank 1 ran in the job's dir, not a dir of its own
+
+
+@pytest.fixture(scope="session")
+def folder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageNet-style folder: 3 classes, 12 training and 4 validation PNGs (24x24) each."""
+    directory = tmp_path_factory.mktemp("folder")
+    make_imagenet.write_image_folder(directory, 12, 4, 24, 3)
+    return directory
+
+
+def folder_cfg(*overrides: str, data_dir: Path, run_dir: Path) -> DictConfig:
+    return compose_cfg(
+        "data=imagefolder", "data.image_size=16", "data.num_workers=0", "data.val_size=6", *overrides,
+        data_dir=data_dir, run_dir=run_dir,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "gd"])
+def test_an_image_folder_trains_with_sgd_and_gd(folder_dir: Path, tmp_path: Path, optimizer: str) -> None:
+    cfg = folder_cfg(f"optimizer={optimizer}", "batch_size=8", "chunk_size=8", data_dir=folder_dir, run_dir=tmp_path)
+    data, model = build(cfg)
+    assert data.input_size == model.hparams.input_size == 3 * 16 * 16 and data.class_names == [
+        "class_000", "class_001", "class_002"
+    ]  # fmt: skip
+    chunks = list(data.train_dataloader().batches)
+    assert sum(len(chunk.y) for chunk in chunks) == 36 - 6
+    assert [chunk.ends_step for chunk in chunks].count(True) == (1 if optimizer == "gd" else 4)
+    result = train(cfg)
+    assert [row["progress/samples"] for row in result["history"]] == [30, 60]
+    assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]
+
+
+def test_an_empty_image_folder_is_refused_naming_it(folder_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "train" / "class_a").mkdir(parents=True)
+    (tmp_path / "val").mkdir()
+    with pytest.raises(DescentError, match=f"{tmp_path / 'train'}: no images found"):
+        build(folder_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))
+
+
+def test_an_image_folder_without_val_is_refused_naming_it(folder_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "train").symlink_to(folder_dir / "train")
+    with pytest.raises(DescentError, match=f"data.data_dir={tmp_path}: no val/ folder"):
+        build(folder_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))

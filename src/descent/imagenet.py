@@ -454,3 +454,161 @@ class DownsampledImageNet(StreamedData):
         """The whole training, validation and test sets, in file order, one chunk at a time."""
         self._place_test_set()
         return [self._chunks(name, len(self.splits[name][1])) for name in ("train", "val", "test")]
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+"""torchvision's ImageNet channel statistics, for images in [0, 1]."""
+
+
+class FolderChunks:
+    """The `Chunk`s of `batches` read from an image folder by a DataLoader: its workers decode, its memory is pinned.
+
+    `batches` runs over sample positions (x = y = 0..n-1), so each chunk's `y` is the list of samples to load: the
+    per-epoch permutation, the per-rank contiguous shares and GD's accumulation over every chunk are those of
+    `Batches`. torch's `DistributedSampler` is not used: it pads the ranks with repeated samples to equal lengths,
+    which would count some samples twice in an epoch and in GD's exact step.
+    """
+
+    def __init__(self, dataset: Any, batches: Batches, device: torch.device, num_workers: int) -> None:
+        self.dataset, self.batches, self.device, self.num_workers = dataset, batches, device, num_workers
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        from torch.utils.data import DataLoader
+
+        plan = list(self.batches)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[chunk.y.tolist() for chunk in plan],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for (x, y), chunk in zip(loader, plan, strict=True):
+            x = x.flatten(1).to(self.device, non_blocking=True)
+            yield Chunk(x, y.to(self.device, non_blocking=True), chunk.loss_divisor, chunk.ends_step)
+
+
+class FolderImages:
+    """A folder split's images, loaded on demand: what the TensorBoard callback slices as `sets['test']`."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset, self.device = dataset, torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: slice | Tensor) -> Tensor:
+        positions = range(len(self))[index] if isinstance(index, slice) else index.tolist()
+        images = [self.dataset[i][0].flatten() for i in positions]
+        return torch.stack(images).to(self.device) if images else torch.zeros(0, 0, device=self.device)
+
+
+class ImageFolderData(StreamedData):
+    """ImageNet's own layout: `data_dir/train/<class>/*.JPEG` (val_size of them held out) and `data_dir/val/<class>/`
+    as the test set, resized to `image_size` and centre-cropped by torchvision, decoded by DataLoader workers."""
+
+    def __init__(self, data_dir: str, image_size: int = 32, num_workers: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir, self.size, self.num_workers = Path(data_dir), image_size, num_workers
+        self.dataset = "ImageFolder"
+        self.splits: dict[str, tuple[Any, Tensor]] = {}
+
+    def _folder(self, name: str) -> Any:
+        from torchvision import datasets, transforms
+
+        directory = self.data_dir / name
+        require(
+            directory.is_dir(),
+            f"data.data_dir={self.data_dir}: no {name}/ folder; expected {name}/<class>/<image> as ImageNet has it",
+        )
+        transform = transforms.Compose(
+            [
+                transforms.Resize(self.size),
+                transforms.CenterCrop(self.size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+        try:
+            folder = datasets.ImageFolder(directory, transform=transform)
+        except FileNotFoundError as error:  # no class folders, or class folders without images
+            raise DescentError(f"{directory}: no images found ({error})") from None
+        require(len(folder) > 0, f"{directory}: no images found")
+        return folder
+
+    def setup(self, stage: str | None = None) -> None:
+        from torch.utils.data import Subset
+
+        if self.splits:
+            return
+        require(
+            isinstance(self.size, int) and self.size >= 1,
+            f"data.image_size={self.size!r} must be a positive number of pixels",
+        )
+        train, test = self._folder("train"), self._folder("val")
+        require(
+            test.classes == train.classes,
+            f"{self.data_dir}: val/ has the classes {test.classes[:5]}... but train/ has {train.classes[:5]}...; "
+            "both need the same class folders",
+        )
+        self.image_shape = (3, self.size, self.size)
+        self.names = list(train.classes)
+        y_train = torch.tensor(train.targets)
+        val, rest = self._split(len(train))
+        self.splits = {
+            "train": (Subset(train, rest.tolist()), y_train[rest]),
+            "val": (Subset(train, val.tolist()), y_train[val]),
+            "test": (test, torch.tensor(test.targets)),
+        }
+        self.sets = {"test": (FolderImages(test), self.splits["test"][1])}
+        self._resolve_sizes()
+        log.info(
+            "image folder %s: %d training (%d held out) and %d test images",
+            self.data_dir,
+            len(train),
+            len(val),
+            len(test),
+        )
+
+    @property
+    def num_train(self) -> int:
+        return len(self.splits["train"][1])
+
+    @property
+    def input_size(self) -> int:
+        return 3 * self.size**2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.names
+
+    @property
+    def nbytes(self) -> int:
+        """What lives on the device: the chunks in flight as float32, not the folder."""
+        return (2 * self.num_workers + 2) * self.samples_per_chunk * self.input_size * 4
+
+    def _chunks(self, split: str, batch_size: int, seed: int | None = None) -> FolderChunks:
+        dataset, _ = self.splits[split]
+        positions = torch.arange(len(dataset))
+        rank, world_size = self._rank()
+        batches = Batches(positions, positions, batch_size, self.samples_per_chunk, seed, self._epoch, rank, world_size)
+        return FolderChunks(dataset, batches, self._device(), self.num_workers)
+
+    def _place_test_set(self) -> None:
+        images, y = self.sets["test"]
+        images.device = self._device()  # type: ignore[union-attr]
+        self.sets["test"] = (images, y.to(images.device))  # type: ignore[union-attr]
+
+    def train_dataloader(self) -> OneEpoch:
+        self._place_test_set()
+        return OneEpoch(self._chunks("train", self.samples_per_step, self.seed))  # type: ignore[arg-type]
+
+    def val_dataloader(self) -> list[FolderChunks]:
+        self._place_test_set()
+        return [self._chunks(name, len(self.splits[name][1])) for name in ("train", "val", "test")]
