@@ -209,7 +209,7 @@ def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     done = run_train(
         "trainer=ddp_cpu", *data_args, f"data._target_={target}", f"+data.record_dir={tmp_path / 'record'}",
-        "batch_size=64", *TINY, f"hydra.run.dir={tmp_path / 'run'}", env=env,
+        "batch_size=64", *TINY[1:], f"hydra.run.dir={tmp_path / 'run'}", env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     n_train = (600 if data == "idx" else TRAIN) - VAL_SIZE
@@ -284,3 +284,17 @@ def test_an_image_folder_without_val_is_refused_naming_it(folder_dir: Path, tmp_
     (tmp_path / "train").symlink_to(folder_dir / "train")
     with pytest.raises(DescentError, match=f"data.data_dir={tmp_path}: no val/ folder"):
         build(folder_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))
+
+
+def test_the_slurm_launcher_composes_from_the_trainer_it_starts() -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=slurm", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.max_num_timeout == 3
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.plugins[0].auto_requeue is False
