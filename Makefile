@@ -8,9 +8,9 @@ help: ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY) ## create .venv and install descent with its dev and optuna extras
+install: $(PY) ## create .venv and install descent with its dev, optuna and slurm extras
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,optuna]'
+	$(PY) -m pip install --quiet -e '.[dev,optuna,slurm]'
 
 train: ## train with the default config (MNIST, SGD, B=64)
 	$(PY) src/train.py
@@ -36,7 +36,10 @@ bench: ## epoch speed against a plain PyTorch loop and the torchvision pipeline
 bench-gd: ## one GD epoch by chunk size against a plain full-batch step: time and peak memory
 	$(PY) bench/gd_chunks.py
 
+bench-imagenet: ## full-size synthetic Imagenet32 (3.9 GB, made once): data path vs training step, peak RSS
+	$(PY) bench/imagenet_data.py
+
 tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs
 
-.PHONY: help install train test lint report study bench bench-gd tensorboard
+.PHONY: help install train test lint report study bench bench-gd bench-imagenet tensorboard
