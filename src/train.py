@@ -1,6 +1,7 @@
 """Train an MLP: `python src/train.py optimizer=sgd batch_size=64` (see conf/train.yaml)."""
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from descent.errors import exit_on_error
@@ -10,10 +11,12 @@ from descent.errors import exit_on_error
 @exit_on_error
 def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
-    from descent.training import train  # here, so that a mistyped override fails before torch loads
-
+    from descent.checkpoints import resumed_config  # here, so that a mistyped override fails before torch loads
     from descent.multirun import ddp_ranks_run_this_job
+    from descent.training import train
 
+    if cfg.resume is not None:
+        cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
     with ddp_ranks_run_this_job():  # under -m, trainer=ddp's other ranks run this job, not the sweep again
         return train(cfg)["best"][cfg.monitor]
 

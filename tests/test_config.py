@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import CONF
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -133,5 +134,7 @@ def test_monitor_must_be_a_figure_to_minimise(make_cfg) -> None:
 
 
 def test_image_every_n_epochs_must_be_a_whole_number(make_cfg) -> None:
-    with pytest.raises(DescentError, match=r"logger.image_every_n_epochs=-1 is not allowed"):
+    with pytest.raises(InstantiationException) as raised:  # Hydra wraps what a constructor raises
         instantiate(make_cfg("logger.image_every_n_epochs=-1").logger)
+    assert isinstance(raised.value.__cause__, DescentError)
+    assert "logger.image_every_n_epochs=-1 is not allowed" in str(raised.value.__cause__)

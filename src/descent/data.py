@@ -30,6 +30,8 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_UBYTE = 0x08
+IDX_CLASSES = 10
+"""MNIST, Fashion-MNIST and KMNIST all have ten classes."""
 
 
 class Chunk(NamedTuple):
@@ -69,6 +71,11 @@ class Batches:
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size = rank, world_size
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in the epoch: ceil(N / B)."""
+        return math.ceil(len(self.y) / self.batch_size)
 
     def _chunks_per_step(self, step_size: int) -> int:
         return max(1, math.ceil(math.ceil(step_size / self.world_size) / self.chunk_size))
@@ -339,6 +346,13 @@ class IdxData(ImageData):
                 f"{found[images_name]} and {found[labels_name]}: expected images [N, H, W] and labels [N], "
                 f"got shapes {list(images.shape)} and {list(labels.shape)}",
             )
+            if (labels >= IDX_CLASSES).any():
+                index = int((labels >= IDX_CLASSES).nonzero()[0])
+                raise DescentError(
+                    f"{found[labels_name]}: label {int(labels[index])} at index {index} is outside the "
+                    f"{IDX_CLASSES} classes 0-{IDX_CLASSES - 1}; the file is corrupt or not a label file, "
+                    "download it again"
+                )
             arrays += [images, labels.long()]
         log.info(
             "%s: %d training and %d test images from %s",

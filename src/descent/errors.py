@@ -15,6 +15,10 @@ R = TypeVar("R")
 class DescentError(Exception):
     """A bad setting or file: the message names it, says what is wrong and how to fix it."""
 
+    label = "error"
+    exit_code = 2
+    stops_a_sweep = False  # True: end the whole multirun (Ctrl-C), not just this job
+
 
 def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
     """Turn a DescentError into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1).
@@ -35,10 +39,10 @@ def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
         except DescentError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {error}", file=sys.stderr)
-            if in_multirun():
+            print(f"{error.label}: {error}", file=sys.stderr)
+            if in_multirun() and not error.stops_a_sweep:
                 raise
-            raise SystemExit(2) from None
+            raise SystemExit(error.exit_code) from None
 
     return wrapper
 

@@ -1,9 +1,11 @@
 """The multilayer perceptron and its training: one optimizer step per step of the data, evaluation every epoch."""
 
 import logging
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,24 +18,64 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from descent.backprop import average_over_ranks, backpropagate
 from descent.data import EVAL_SETS, Batches, Chunk
-from descent.errors import require
+from descent.errors import DescentError, require
 
 log = logging.getLogger(__name__)
+
+
+class StoppedEarly(DescentError):
+    """Training stopped before max_epochs, at `epoch` (1-based, not finished) before optimizer step `step`."""
+
+    def __init__(self, epoch: int, step: int, message: str) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class Diverged(StoppedEarly):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(StoppedEarly):
+    """SIGINT or SIGTERM arrived: exit as the signal's default action would (128 + its number)."""
+
+    label = "stopped"
+    stops_a_sweep = True
+
+    def __init__(self, epoch: int, step: int, message: str, signal_name: str) -> None:
+        super().__init__(epoch, step, message)
+        self.exit_code = 128 + signal.Signals[signal_name].value
+
+
 # The epoch's figures are reduced over the ranks before they are logged, so Lightning's advice to sync them is moot.
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+CHECK_EVERY = 32
+"""Steps between checks for a non-finite loss or a stop signal on an accelerator (every step on the CPU)."""
 BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's chain of Jacobians written out
+
+
+def check_settings(hidden: Any, activation: Any, dropout: Any, backprop: Any) -> None:
+    """The model settings' types and ranges, checked from the config before any data is loaded, and again here."""
+    require(
+        isinstance(hidden, Sequence)
+        and not isinstance(hidden, str)
+        and all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden),
+        f"model.hidden={hidden!r} is not allowed: give a list of positive layer widths, e.g. model.hidden=[512,512] "
+        "(or [] for none)",
+    )
+    require(activation in ACTIVATIONS, f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    require(
+        isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1,
+        f"model.dropout={dropout!r} is not allowed: give a probability in [0, 1)",
+    )
+    require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
 
 
 def mlp(input_size: int, hidden: Sequence[int], num_classes: int, activation: str, dropout: float) -> nn.Sequential:
     """Linear layers of the given widths with an activation (and dropout, if any) between them; logits out."""
-    require(
-        activation in ACTIVATIONS,
-        f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}",
-    )
     layers: list[nn.Module] = []
     for n_in, n_out in zip([input_size, *hidden], hidden, strict=False):
         layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
@@ -69,13 +111,8 @@ class Classifier(LightningModule):
         backprop: str = "autograd",
     ) -> None:
         super().__init__()
+        check_settings(hidden, activation, dropout, backprop)
         hidden = [int(width) for width in hidden]  # a plain list in the checkpoint, never a ListConfig
-        require(
-            all(width >= 1 for width in hidden),
-            f"model.hidden={hidden} must list positive layer widths",
-        )
-        require(0 <= dropout < 1, f"model.dropout={dropout} must be in [0, 1)")
-        require(backprop in BACKPROPS, f"model.backprop={backprop} is not one of {', '.join(BACKPROPS)}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
         # scales by a fixed count instead of the samples actually in the step.
@@ -86,6 +123,7 @@ class Classifier(LightningModule):
         self.last_evaluation: dict[str, float] = {}
         self._samples_seen = 0
         self._train_seconds = 0.0
+        self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler: stop before the next step
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -113,21 +151,66 @@ class Classifier(LightningModule):
         and `max_steps` act at epoch boundaries; `trainer.global_step` still counts every optimizer step.
         """
         optimizer = self.optimizers()
-        convert_input = self.trainer.precision_plugin.convert_input  # float64 under precision=64-true
+        # float64 under precision=64-true; otherwise skipped, since it walks the chunk's fields at every step.
+        convert_input = self.trainer.precision_plugin.convert_input if self.dtype != torch.float32 else None
+        # On the CPU a check of the loss costs nothing; on an accelerator it waits for the device, so it is
+        # checked every CHECK_EVERY steps there (a non-finite loss stays non-finite, so none is missed).
+        check_every = 1 if self.device.type == "cpu" else CHECK_EVERY
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        step_in_epoch = 0
         for chunk in epoch:
-            chunk = convert_input(chunk)
+            if convert_input is not None:
+                chunk = convert_input(chunk)
             if self.backprop == "manual":
-                backpropagate(self.net, chunk.x, chunk.y, chunk.loss_divisor)
+                loss_sum = backpropagate(self.net, chunk.x, chunk.y, chunk.loss_divisor)
             else:
                 loss_sum = F.cross_entropy(self.net(chunk.x), chunk.y, reduction="sum")
                 # manual_backward, not loss.backward(): under DDP Lightning prepares the gradient all-reduce here.
                 self.manual_backward(loss_sum / chunk.loss_divisor)
-            if chunk.ends_step:
-                if self.backprop == "manual" and self.trainer.world_size > 1:  # no DDP hooks ran: average here
-                    average_over_ranks(self.net, lambda flat: self.trainer.strategy.reduce(flat, reduce_op="mean"))
-                self._samples_seen += round(chunk.loss_divisor * self.trainer.world_size)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            nonfinite |= ~torch.isfinite(loss_sum.detach())
+            if not chunk.ends_step:
+                continue
+            step_in_epoch += 1
+            if step_in_epoch % check_every == 0 or step_in_epoch == epoch.steps:
+                self._stop_if_asked_or_diverged(nonfinite, step_in_epoch)
+            if self.backprop == "manual" and self.trainer.world_size > 1:  # no DDP hooks ran: average here
+                average_over_ranks(self.net, lambda flat: self.trainer.strategy.reduce(flat, reduce_op="mean"))
+            self._samples_seen += round(chunk.loss_divisor * self.trainer.world_size)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def _stop_if_asked_or_diverged(self, nonfinite: Tensor, step_in_epoch: int) -> None:
+        """Raise `Diverged` on a non-finite loss, `Interrupted` after SIGINT/SIGTERM; before the step is taken.
+
+        Under DDP the flags are summed over the ranks, so that every rank stops at the same step (a rank that
+        stopped alone would leave the others waiting in the next all-reduce).
+        """
+        asked_here = torch.tensor(float(self.stop_signal is not None), device=self.device)
+        flags = torch.stack([nonfinite.to(torch.float32), asked_here])
+        if self.trainer.world_size > 1:
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        diverged, asked = (bool(flag > 0) for flag in flags.tolist())
+        epoch, step = self.current_epoch + 1, self.trainer.global_step + 1
+        if diverged:
+            lr = self.optimizers().param_groups[0]["lr"]
+            raise Diverged(
+                epoch,
+                step,
+                f"training diverged at epoch {epoch}, step {step_in_epoch} of the epoch ({step} in all): the loss "
+                f"is not finite; lower the learning rate (optimizer.lr, {lr:g} at this step)",
+            )
+        if asked:
+            checkpoints = Path(self.trainer.checkpoint_callback.dirpath)
+            self.trainer.save_checkpoint(checkpoints / "interrupted.ckpt")
+            done = f"{checkpoints / 'last.ckpt'} (epoch {epoch - 1})" if epoch > 1 else "no finished epoch"
+            raise Interrupted(
+                epoch,
+                step,
+                f"{self.stop_signal or 'a signal on another rank'} before step {step}, in epoch {epoch}: these "
+                f"weights are in {checkpoints / 'interrupted.ckpt'}; resume=<run dir> goes on from {done}, "
+                "replaying the unfinished epoch",
+                self.stop_signal or "SIGTERM",
+            )
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()

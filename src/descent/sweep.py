@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from descent.files import replace_text
 
 FIGURES = (
     ("final", "test/error"),
@@ -123,8 +124,8 @@ def write_summary(sweep_dir: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({key.replace("objective", objective): value for key, value in row.items()})
-    replace(sweep_dir / "summary.csv", table.getvalue())
-    replace(sweep_dir / "summary.md", markdown(sweep_dir, runs, configs, objective))
+    replace_text(sweep_dir / "summary.csv", table.getvalue())
+    replace_text(sweep_dir / "summary.md", markdown(sweep_dir, runs, configs, objective))
 
 
 def cell(figure: str, value: float) -> str:
@@ -163,13 +164,6 @@ def markdown(sweep_dir: Path, runs: list[Run], configs: list[dict[str, Any]], ob
     return "\n".join(lines) + "\n"
 
 
-def replace(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: a reader (or a job ending at once) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 class Summary(Callback):
     """Hydra callback (conf/train.yaml, hydra.callbacks): notes a failed job, then rewrites the sweep's summary."""
 
@@ -180,7 +174,7 @@ class Summary(Callback):
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
             message = " ".join(f"{type(error).__name__}: {error}".split())
-            replace(Path(hydra.runtime.output_dir) / "error.txt", message + "\n")
+            replace_text(Path(hydra.runtime.output_dir) / "error.txt", message + "\n")
         write_summary(Path(hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

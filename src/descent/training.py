@@ -2,6 +2,10 @@
 
 import json
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from descent.checkpoints import AtomicCheckpointIO, check_fits
 from descent.data import EVAL_SETS, ImageData, is_sample_count
-from descent.errors import DescentError, require
+from descent.errors import require
+from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
-from descent.model import Classifier
+from descent.model import Classifier, Interrupted, StoppedEarly, check_settings
 from descent.tensorboard import TensorBoardTabs, final_and_best, hyperparameters
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,40 @@ def check_config(cfg: DictConfig) -> None:
     )
     lr = cfg.optimizer.get("lr")
     require(
-        isinstance(lr, int | float) and lr > 0,
+        is_number(lr) and lr > 0,
         f"optimizer.lr={lr!r} is not allowed: the learning rate must be a positive number",
+    )
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    require(
+        is_number(momentum) and 0 <= momentum < 1,
+        f"optimizer.momentum={momentum!r} is not allowed: give a number in [0, 1), e.g. 0.9",
+    )
+    weight_decay = cfg.optimizer.get("weight_decay", 0.0)
+    require(
+        is_number(weight_decay) and weight_decay >= 0,
+        f"optimizer.weight_decay={weight_decay!r} is not allowed: give a number >= 0 (0 for none)",
+    )
+    betas = cfg.optimizer.get("betas", (0.9, 0.999))
+    require(
+        len(betas) == 2 and all(is_number(beta) and 0 <= beta < 1 for beta in betas),
+        f"optimizer.betas={list(betas)!r} is not allowed: give two numbers in [0, 1), e.g. [0.9,0.999]",
+    )
+    gamma = (cfg.get("scheduler") or {}).get("gamma", 1.0)
+    require(
+        is_number(gamma) and gamma > 0,
+        f"scheduler.gamma={gamma!r} is not allowed: the learning rate is multiplied by it every epoch, give a "
+        "positive number (below 1 to decay)",
+    )
+    model = cfg.model
+    check_settings(model.get("hidden"), model.get("activation"), model.get("dropout"), model.get("backprop"))
+    val_size = cfg.data.get("val_size", 1)
+    require(
+        isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= 1,
+        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
+    )
+    require(
+        cfg.seed is None or (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)),
+        f"seed={cfg.seed!r} is not allowed: give a whole number, or null for no seeding",
     )
     require(
         isinstance(cfg.max_epochs, int) and cfg.max_epochs >= 1,
@@ -62,6 +100,10 @@ def check_config(cfg: DictConfig) -> None:
             torch.backends.mps.is_available(),
             "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
         )
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
@@ -99,7 +141,8 @@ def build_trainer(
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
-    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], **overrides)
+    plugins = [AtomicCheckpointIO()]
+    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], plugins=plugins, **overrides)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -116,13 +159,46 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     if cfg.ckpt_path is not None:
-        require(Path(cfg.ckpt_path).is_file(), f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+        check_fits(Path(cfg.ckpt_path), model)
+    try:
+        with stop_on_signals(model):
+            trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+    except StoppedEarly as stopped:
+        # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
+        if trainer.is_global_zero and model.history:
+            result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
+            stop = "interrupted" if isinstance(stopped, Interrupted) else "diverged"
+            result["stopped"] = {"reason": stop, "epoch": stopped.epoch, "step": stopped.step, "message": str(stopped)}
+            replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+        elif trainer.is_global_zero:
+            stop = {"reason": type(stopped).__name__.lower(), "epoch": stopped.epoch, "step": stopped.step}
+            replace_text(run_dir / "metrics.json", json.dumps({"run_dir": str(run_dir), "stopped": stop}) + "\n")
+        raise
     result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         log.info("\n%s", format_table(result))
     return result
+
+
+@contextmanager
+def stop_on_signals(model: Classifier) -> Iterator[None]:
+    """SIGINT and SIGTERM ask the model to stop before its next optimizer step (a second SIGINT stops at once)."""
+
+    def ask_to_stop(signum: int, frame: Any) -> None:
+        if model.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        model.stop_signal = signal.Signals(signum).name
+
+    if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
+        yield
+        return
+    previous = {number: signal.signal(number, ask_to_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def summarise(history: list[dict[str, float]], monitor: str, run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
@@ -167,11 +243,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_cfg.trainer, run_cfg.run_dir = cfg.trainer, cfg.run_dir  # the device is chosen now, not at training
     check_config(run_cfg)
     data, model = build(run_cfg)
-    trainer = instantiate(run_cfg.trainer, logger=False)
-    try:
-        trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
-    except RuntimeError as error:  # a state dict that does not fit the model of the run's config
-        raise DescentError(f"ckpt_path={ckpt_path}: does not match its run's model ({error})") from None
+    check_fits(ckpt_path, model)
+    trainer = instantiate(run_cfg.trainer, logger=False, plugins=[AtomicCheckpointIO()])
+    trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     figures = model.last_evaluation
     log.info(
         "%s: test loss %.4f  test error %.2f%%  test accuracy %.2f%%",
@@ -181,8 +255,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         100 * figures["test/acc"],
     )
     if trainer.is_global_zero:
-        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.run_dir) / "metrics.json").write_text(
-            json.dumps({"ckpt_path": str(ckpt_path), **figures}, indent=2) + "\n"
-        )
+        figures_json = json.dumps({"ckpt_path": str(ckpt_path), **figures}, indent=2) + "\n"
+        replace_text(Path(cfg.run_dir) / "metrics.json", figures_json)
     return figures

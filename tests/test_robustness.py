@@ -1,0 +1,328 @@
+"""Bad settings, bad files, divergence and interruption: each ends clearly and loses nothing already written."""
+
+import gzip
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, python, write_idx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cli import run, small
+
+from descent.checkpoints import AtomicCheckpointIO, check_fits, load
+from descent.data import IdxData, read_idx
+from descent.errors import DescentError
+from descent.model import Classifier, Diverged
+from descent.training import check_config, train
+
+BAD_SETTINGS = [
+    ("optimizer=momentum", "optimizer.momentum=1.5", "optimizer.momentum=1.5 is not allowed: give a number in [0, 1)"),
+    ("optimizer=momentum", "optimizer.momentum=-0.1", "optimizer.momentum=-0.1 is not allowed"),
+    ("optimizer=sgd", "optimizer.weight_decay=-1", "optimizer.weight_decay=-1 is not allowed: give a number >= 0"),
+    ("optimizer=adam", "optimizer.lr=abc", "optimizer.lr='abc' is not allowed: the learning rate must be a positive"),
+    ("optimizer=adam", "+optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] is not allowed"),
+    ("model=mlp", "model.hidden=[64,0]", "model.hidden=[64, 0] is not allowed: give a list of positive layer widths"),
+    ("model=mlp", "model.hidden=64", "model.hidden=64 is not allowed: give a list of positive layer widths"),
+    ("model=mlp", "model.hidden=[a]", "model.hidden=['a'] is not allowed"),
+    ("model=mlp", "model.activation=gelu", "model.activation='gelu' is not one of relu, tanh, sigmoid"),
+    ("model=mlp", "model.dropout=1", "model.dropout=1 is not allowed: give a probability in [0, 1)"),
+    ("model=mlp", "max_epochs=0", "max_epochs=0 is not allowed: give a whole number of epochs, at least 1"),
+    ("model=mlp", "max_epochs=2.5", "max_epochs=2.5 is not allowed"),
+    ("model=mlp", "data.val_size=0", "data.val_size=0 is not allowed: give a whole number of samples, at least 1"),
+    ("model=mlp", "seed=abc", "seed='abc' is not allowed: give a whole number"),
+    ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
+    ("model=mlp", "monitor=test/acc", "monitor='test/acc' is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("group", "override", "message"), BAD_SETTINGS, ids=[o for _, o, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_before_any_data_is_loaded(make_cfg, group: str, override: str, message) -> None:
+    cfg = make_cfg(group, override)
+    cfg.data.data_dir = "/nonexistent"  # loading data would fail differently: the setting is checked first
+    with pytest.raises(DescentError) as raised:
+        check_config(cfg)
+    assert message in str(raised.value)
+
+
+@pytest.mark.slow
+def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_2_before_data(tmp_path: Path) -> None:
+    done = run("src/train.py", "optimizer=momentum", "optimizer.momentum=1.5", "data.data_dir=/nonexistent",
+               "data.download=false", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: optimizer.momentum=1.5 is not allowed: give a number in [0, 1), e.g. 0.9"
+    ]
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_refused(make_cfg) -> None:
+    with pytest.raises(DescentError, match="data.val_size=600 must be at least 1 and smaller than the 600 training"):
+        train(make_cfg("data.val_size=600"))
+
+
+# Bad data files: each names the file and the problem.
+
+
+def idx_copy(idx_dir: Path, tmp_path: Path) -> Path:
+    directory = tmp_path / "idx"
+    shutil.copytree(idx_dir, directory)
+    return directory
+
+
+def load_idx(directory: Path) -> None:
+    IdxData("MNIST", str(directory), download=False, val_size=100).setup()
+
+
+def test_a_wrong_magic_number_is_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    path = directory / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[2] = 0x0D  # float data instead of unsigned bytes
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DescentError, match=f"{path}: not an IDX file of unsigned bytes \\(magic number 00000d03"):
+        load_idx(directory)
+
+
+def test_dimensions_that_do_not_match_the_file_size_are_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    path = directory / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[4:8] = (201).to_bytes(4, "big")  # one image more than the file holds
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DescentError, match=f"{path}: the header declares shape \\[201, 28, 28\\]"):
+        load_idx(directory)
+
+
+def test_a_truncated_gzip_is_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    path = directory / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DescentError, match=f"{path}: cannot be read .*download the file again"):
+        load_idx(directory)
+
+
+def test_labels_outside_the_classes_are_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz").clone()
+    labels[17] = 12
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DescentError, match="t10k-labels-idx1-ubyte.gz: label 12 at index 17 is outside the 10 classes"):
+        load_idx(directory)
+
+
+def test_image_and_label_counts_that_differ_are_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    write_idx(directory / "train-labels-idx1-ubyte.gz", read_idx(directory / "train-labels-idx1-ubyte.gz")[:-1])
+    with pytest.raises(DescentError, match="got shapes \\[600, 28, 28\\] and \\[599\\]"):
+        load_idx(directory)
+
+
+def test_a_missing_file_is_named(idx_dir: Path, tmp_path: Path) -> None:
+    directory = idx_copy(idx_dir, tmp_path)
+    (directory / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DescentError, match="MNIST files not found in .* and data.download=false"):
+        load_idx(directory)
+
+
+VALID = bytes([0, 0, 8, 2, 0, 0, 0, 3, 0, 0, 0, 2]) + bytes(range(6))
+"""An IDX file of a 3x2 uint8 array."""
+
+
+def mutated(flips: bytes, cut: int, extra: bytes) -> bytes:
+    """VALID with some bits flipped, then cut short and/or extended."""
+    flipped = bytes(byte ^ flip for byte, flip in zip(VALID, flips.ljust(len(VALID), b"\0"), strict=True))
+    return (flipped + extra)[:cut]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.one_of(
+        st.binary(max_size=64),
+        st.builds(mutated, st.binary(max_size=len(VALID)), st.integers(0, 32), st.binary(max_size=8)),
+    ),
+    gzipped=st.booleans(),
+)
+def test_the_idx_reader_loads_any_bytes_or_raises_its_own_clear_error(tmp_path: Path, content: bytes, gzipped) -> None:
+    path = tmp_path / ("f.gz" if gzipped else "f")
+    path.write_bytes(gzip.compress(content) if gzipped and len(content) % 3 else content)  # and .gz that is not gzip
+    try:
+        array = read_idx(path)
+    except DescentError as error:
+        assert str(error).startswith(f"{path}: ")
+    else:
+        assert array.dtype == torch.uint8
+        assert 4 + 4 * array.ndim + array.numel() == len(content)  # what the header declares is all there is
+
+
+# Divergence.
+
+
+def test_a_diverging_run_stops_at_once_keeps_the_last_good_checkpoint_and_says_so(make_cfg, tmp_path: Path) -> None:
+    # The learning rate grows a hundred-thousandfold after epoch 1: epoch 1 is fine, epoch 2 blows up.
+    cfg = make_cfg("max_epochs=4", "scheduler=exponential", "scheduler.gamma=100000", "batch_size=50")
+    with pytest.raises(Diverged, match=r"training diverged at epoch 2, step \d+ of the epoch .* lower the learning"):
+        train(cfg)
+    run_dir = tmp_path / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped"]["reason"] == "diverged" and metrics["stopped"]["epoch"] == 2
+    assert [row["epoch"] for row in metrics["history"]] == [1]
+    last = load(run_dir / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0  # Lightning counts from 0: the end of epoch 1
+    assert all(torch.isfinite(tensor).all() for tensor in last["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_divergence_on_the_command_line_is_one_line_and_a_nonzero_exit(idx_dir: Path, tmp_path: Path) -> None:
+    done = run("src/train.py", *small(idx_dir), "optimizer.lr=1e6", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training diverged at epoch 1, step" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped"]["reason"] == "diverged"
+
+
+# Interruption and resuming.
+
+SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.hidden=[64]",
+               "trainer=cpu", "logger.image_every_n_epochs=0"]  # fmt: skip
+"""About a second or two an epoch of thousands of steps: long enough to stop in the middle of one."""
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([python(), "src/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sent", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(tmp_path: Path, sent: int, exit_code: int) -> None:
+    process = start(*SLOW_EPOCHS, "max_epochs=50", f"hydra.run.dir={tmp_path}")
+    wait_for(tmp_path / "checkpoints" / "last.ckpt", process)
+    time.sleep(0.3)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == exit_code, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("stopped:")]
+    assert f"stopped: {signal.Signals(sent).name} before step" in line
+    assert "Traceback" not in stderr
+    interrupted = load(tmp_path / "checkpoints" / "interrupted.ckpt")  # weights_only=True
+    last = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert interrupted["global_step"] > last["global_step"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped"]["reason"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = [*SLOW_EPOCHS, "max_epochs=3", "seed=4"]
+    straight = run("src/train.py", *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "killed"
+    process = start(*args, f"hydra.run.dir={killed}")
+    wait_for(killed / "checkpoints" / "last.ckpt", process)
+    time.sleep(0.5)  # into epoch 2
+    process.kill()
+    process.communicate()
+    assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
+    resumed = run("src/train.py", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}")
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    got = json.loads((killed / "metrics.json").read_text())
+    assert [row["epoch"] for row in got["history"]] == [1, 2, 3]
+    for key in ("train/loss", "test/loss", "test/error", "val/error", "progress/steps", "progress/samples"):
+        assert got["final"][key] == pytest.approx(expected["final"][key], rel=1e-6), key
+    # The same TensorBoard run: the resumed epochs are in the killed run's dir.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed))
+    events.Reload()
+    assert sorted({event.step for event in events.Scalars("test/loss")}) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(idx_dir: Path, tmp_path: Path) -> None:
+    first = run("src/train.py", *small(idx_dir), f"hydra.run.dir={tmp_path / 'run'}")
+    assert first.returncode == 0, first.stderr
+    before = digest(tmp_path / "run")
+    done = run("src/train.py", f"resume={tmp_path / 'run'}", "optimizer.lr=0.3", f"hydra.run.dir={tmp_path / 'r'}")
+    assert done.returncode == 2
+    assert f"error: resume={tmp_path / 'run'}: optimizer.lr=0.3 cannot change when a run goes on" in done.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run("src/train.py", f"resume={empty}", f"hydra.run.dir={tmp_path / 'r2'}")
+    assert done.returncode == 2 and f"error: resume={empty}: no config.yaml there" in done.stderr
+    assert digest(tmp_path / "run") == before
+
+
+def test_resume_with_more_epochs_goes_on_in_the_same_dir(make_cfg, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from descent.checkpoints import resumed_config
+
+    train(make_cfg("max_epochs=1"))
+    cfg = make_cfg("max_epochs=3", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "elsewhere")
+    resumed = resumed_config(cfg, [f"resume={tmp_path / 'run'}", "max_epochs=3"])
+    assert resumed.run_dir == str(tmp_path / "run") and resumed.max_epochs == 3
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert OmegaConf.to_container(resumed.model) == OmegaConf.to_container(saved.model)
+    result = train(resumed)
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
+    assert not (tmp_path / "elsewhere").exists()
+
+
+# Checkpoints: written atomically, loaded without unpickling code, checked against the model.
+
+
+def test_a_checkpoint_write_that_dies_halfway_leaves_the_previous_one_whole(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def dies_halfway(obj, file) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # as a kill would stop the write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+class Payload:
+    """Anything that is not a tensor or plain data: unpickling it could run code."""
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(DescentError, match=f"{path}: holds objects other than tensors and plain data"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_model_config_names_the_shapes_that_differ(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=1"))
+    other = Classifier(input_size=784, num_classes=10, hidden=[16])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(DescentError, match=r"net.0.weight is \[32, 784\] there, \[16, 784\] here"):
+        check_fits(ckpt, other)
+    with pytest.raises(DescentError, match=r"was written by a different model"):
+        train(make_cfg("model.hidden=[16]", f"ckpt_path={ckpt}", run_dir=tmp_path / "other"))
