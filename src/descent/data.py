@@ -196,7 +196,10 @@ class ImageData(LightningDataModule):
             "val": (normalise(x_train[val]), y_train[val]),
             "test": (normalise(x_test), y_test),
         }
-        # Resolved now, so that a bad size fails before a Trainer exists, not at the first step.
+        self._resolve_sizes()
+
+    def _resolve_sizes(self) -> None:
+        """B and the chunk size in samples, resolved at setup so that a bad size fails before a Trainer exists."""
         self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
         chunk_size = self.chunk_size  # a cap: anything above N means N
         if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from descent.data import Batches, Chunk, ImageData, OneEpoch, parse_size
+from descent.data import EVAL_SETS, Batches, Chunk, ImageData, OneEpoch
 from descent.errors import DescentError, require
 
 log = logging.getLogger(__name__)
@@ -348,19 +348,29 @@ class NormalisedImages:
 class StreamedData(ImageData):
     """What the big sets share: sizes resolved at setup, device and rank from the trainer, no set held whole."""
 
-    def _resolve_sizes(self) -> None:
-        """As `ImageData.setup`: a bad size fails before a Trainer exists."""
-        self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
-        chunk_size = self.chunk_size
-        if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
-            chunk_size = min(chunk_size, self.num_train)
-        self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
-
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
 
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer else 0
+
+    def _chunks(self, split: str, batch_size: int, seed: int | None = None) -> Iterable[Chunk]:
+        """One pass over `split` in steps of `batch_size` (shuffled by `seed`), as this rank's chunks."""
+        raise NotImplementedError
+
+    def _place_test_set(self) -> None:
+        images, y = self.sets["test"]
+        images.device = self._device()  # type: ignore[union-attr]
+        self.sets["test"] = (images, y.to(images.device))  # type: ignore[union-attr]
+
+    def train_dataloader(self) -> OneEpoch:
+        self._place_test_set()
+        return OneEpoch(self._chunks("train", self.samples_per_step, self.seed))  # type: ignore[arg-type]
+
+    def val_dataloader(self) -> list[Iterable[Chunk]]:  # type: ignore[override]
+        """The whole training, validation and test sets, in file order, one chunk at a time."""
+        self._place_test_set()
+        return [self._chunks(name, len(self.splits[name][1])) for name in EVAL_SETS]
 
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation and training sample numbers (each sorted), carved as `ImageData` does."""
@@ -440,20 +450,6 @@ class DownsampledImageNet(StreamedData):
         rank, world_size = self._rank()
         batches = Batches(x, y, batch_size, self.samples_per_chunk, seed, self._epoch, rank, world_size)  # type: ignore[arg-type]
         return DeviceChunks(batches, self.normalised, self._device(), self.prefetch_depth)
-
-    def _place_test_set(self) -> None:
-        images, y = self.sets["test"]
-        images.device = self._device()  # type: ignore[union-attr]
-        self.sets["test"] = (images, y.to(images.device))  # type: ignore[union-attr]
-
-    def train_dataloader(self) -> OneEpoch:
-        self._place_test_set()
-        return OneEpoch(self._chunks("train", self.samples_per_step, self.seed))  # type: ignore[arg-type]
-
-    def val_dataloader(self) -> list[DeviceChunks]:
-        """The whole training, validation and test sets, in file order, one chunk at a time."""
-        self._place_test_set()
-        return [self._chunks(name, len(self.splits[name][1])) for name in ("train", "val", "test")]
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -599,16 +595,3 @@ class ImageFolderData(StreamedData):
         rank, world_size = self._rank()
         batches = Batches(positions, positions, batch_size, self.samples_per_chunk, seed, self._epoch, rank, world_size)
         return FolderChunks(dataset, batches, self._device(), self.num_workers)
-
-    def _place_test_set(self) -> None:
-        images, y = self.sets["test"]
-        images.device = self._device()  # type: ignore[union-attr]
-        self.sets["test"] = (images, y.to(images.device))  # type: ignore[union-attr]
-
-    def train_dataloader(self) -> OneEpoch:
-        self._place_test_set()
-        return OneEpoch(self._chunks("train", self.samples_per_step, self.seed))  # type: ignore[arg-type]
-
-    def val_dataloader(self) -> list[FolderChunks]:
-        self._place_test_set()
-        return [self._chunks(name, len(self.splits[name][1])) for name in ("train", "val", "test")]
