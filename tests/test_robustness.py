@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -195,8 +196,17 @@ SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "b
 
 
 def start(*args: str) -> subprocess.Popen:
+    """src/train.py on one thread: its steps are tiny, and two threads that wait on each other at every operation
+    make them a hundred times slower while other processes share the two cores."""
     return subprocess.Popen([python(), "src/train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Wait for the process and return its stderr; it must have succeeded."""
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    return stderr
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -233,8 +243,7 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(tmp_path: Path, s
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
     args = [*SLOW_EPOCHS, "max_epochs=3", "seed=4"]
-    straight = run("src/train.py", *args, f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr
+    finish(start(*args, f"hydra.run.dir={tmp_path / 'straight'}"))
     killed = tmp_path / "killed"
     process = start(*args, f"hydra.run.dir={killed}")
     wait_for(killed / "checkpoints" / "last.ckpt", process)
@@ -242,8 +251,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path: Pat
     process.kill()
     process.communicate()
     assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
-    resumed = run("src/train.py", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}")
-    assert resumed.returncode == 0, resumed.stderr
+    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
     expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2, 3]
