@@ -95,7 +95,7 @@ def test_a_layer_without_a_backward_pass_is_refused_by_name() -> None:
 
 
 def test_an_unknown_backprop_is_refused() -> None:
-    with pytest.raises(DescentError, match="^model.backprop=nope is not one of autograd, manual$"):
+    with pytest.raises(DescentError, match="^model.backprop='nope' is not one of autograd, manual$"):
         Classifier(784, 10, backprop="nope")
 
 
@@ -151,7 +151,7 @@ def test_the_issue_command_runs_and_matches_autograd(tmp_path: Path) -> None:
 def test_an_unknown_backprop_on_the_command_line_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
     done = run_train("model.backprop=nope", "data=synthetic", f"hydra.run.dir={tmp_path}")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: model.backprop=nope is not one of autograd, manual"]
+    assert done.stderr.strip().splitlines() == ["error: model.backprop='nope' is not one of autograd, manual"]
 
 
 @pytest.mark.slow
