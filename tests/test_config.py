@@ -102,15 +102,72 @@ def test_method_options_set_optimizer_batch_size_and_rate(make_cfg, method: str)
     assert model.configure_optimizers().param_groups[0]["lr"] == cfg.optimizer.lr
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiment_options_compose_and_sweep_known_methods(make_cfg, experiment: str) -> None:
-    cfg = make_cfg(f"experiment={experiment}")
+def test_gd_vs_sgd_experiment_composes_and_sweeps_known_methods(make_cfg) -> None:
+    cfg = make_cfg("experiment=gd_vs_sgd")
     check_config(cfg)
     assert cfg.data._target_ == "descent.data.IdxData"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        hydra_cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True).hydra
+        hydra_cfg = compose("train", overrides=["experiment=gd_vs_sgd"], return_hydra_config=True).hydra
     swept = hydra_cfg.sweeper.params.method.split(",")
     assert set(swept) <= set(options("method")) and "gd" in swept
+
+
+SGD_RECIPE = {
+    "hidden": [1024, 512],
+    "dropout": 0.3,
+    "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005},
+    "scheduler": "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "batch_size": 128,
+    "max_epochs": 30,
+}
+RESULTS_EXPERIMENTS = {
+    "fashion_mnist_mlp": {"dataset": "FashionMNIST", **SGD_RECIPE},
+    "mnist_mlp": {"dataset": "MNIST", **SGD_RECIPE},
+    "fashion_mnist_gd": {
+        "dataset": "FashionMNIST",
+        "hidden": [1024, 512],
+        "dropout": 0.0,
+        "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+        "scheduler": None,
+        "batch_size": "full",
+        "max_epochs": 60,
+    },
+}
+"""The settings that README's "Results against the published tables" states for each row: change both together."""
+
+
+@pytest.mark.parametrize("experiment", sorted(RESULTS_EXPERIMENTS))
+def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experiment: str) -> None:
+    recipe = RESULTS_EXPERIMENTS[experiment]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=[f"experiment={experiment}"])
+    # As the user's command composes it, before the test's small overrides: seed and settings come from the file.
+    assert composed.seed == 0
+    assert composed.data.dataset == recipe["dataset"]
+    assert list(composed.model.hidden) == recipe["hidden"]
+    assert composed.model.activation == "relu" and composed.model.dropout == recipe["dropout"]
+    assert composed.optimizer._target_ == "torch.optim.SGD"
+    assert {key: composed.optimizer[key] for key in recipe["optimizer"]} == recipe["optimizer"]
+    if recipe["scheduler"] is None:
+        assert composed.scheduler is None
+    else:  # decays over the whole run, whatever max_epochs is
+        assert composed.scheduler._target_ == recipe["scheduler"] and composed.scheduler.T_max == recipe["max_epochs"]
+    assert composed.batch_size == recipe["batch_size"] and composed.max_epochs == recipe["max_epochs"]
+    assert composed.full_batch == (recipe["batch_size"] == "full")
+
+    # And it builds on the test's small files, with the real widths (the test's overrides would set model.hidden).
+    cfg = make_cfg(f"experiment={experiment}", f"model.hidden={recipe['hidden']}")
+    if "system_dir" in cfg.data:  # the test's own files, not the system's
+        cfg.data.system_dir = None
+    check_config(cfg)
+    data, model = build(cfg)
+    assert data.samples_per_step == (data.num_train if recipe["batch_size"] == "full" else recipe["batch_size"])
+    assert [layer.out_features for layer in model.net if isinstance(layer, torch.nn.Linear)] == [*recipe["hidden"], 10]
+    configured = model.configure_optimizers()
+    optimizer = configured if recipe["scheduler"] is None else configured["optimizer"]
+    assert optimizer.param_groups[0]["momentum"] == recipe["optimizer"]["momentum"]
+    if recipe["scheduler"] is not None:
+        assert isinstance(configured["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
 @pytest.mark.parametrize("search", options("hparams_search"))
