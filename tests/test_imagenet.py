@@ -61,6 +61,15 @@ def test_sgd_trains_on_imagenet32_and_evaluates_every_set(imagenet32_dir: Path, 
     assert last["test/error"] < 0.5  # learnable: a prototype per class
 
 
+@pytest.mark.parametrize(("optimizer", "steps"), [("sgd", -(-(TRAIN - VAL_SIZE) // 64)), ("gd", 1)])
+def test_an_epoch_says_how_many_steps_it_takes(imagenet32_dir: Path, tmp_path: Path, optimizer: str, steps) -> None:
+    """The model reads the loss at the epoch's last step by this count (every 32 steps off the CPU)."""
+    overrides = (f"optimizer={optimizer}", "batch_size=64", "chunk_size=64")
+    data, _ = build(compose_cfg(*overrides, data_dir=imagenet32_dir, run_dir=tmp_path))
+    epoch = data.train_dataloader().batches
+    assert epoch.steps == steps == sum(chunk.ends_step for chunk in epoch)
+
+
 def test_gd_on_imagenet32_takes_one_exact_step_per_epoch_in_chunks(imagenet32_dir: Path, tmp_path: Path) -> None:
     result = train(compose_cfg("optimizer=gd", "chunk_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
     assert [row["progress/steps"] for row in result["history"]] == [1, 2]
@@ -265,9 +274,10 @@ def test_an_image_folder_trains_with_sgd_and_gd(folder_dir: Path, tmp_path: Path
     assert data.input_size == model.hparams.input_size == 3 * 16 * 16 and data.class_names == [
         "class_000", "class_001", "class_002"
     ]  # fmt: skip
-    chunks = list(data.train_dataloader().batches)
+    epoch = data.train_dataloader().batches
+    chunks = list(epoch)
     assert sum(len(chunk.y) for chunk in chunks) == 36 - 6
-    assert [chunk.ends_step for chunk in chunks].count(True) == (1 if optimizer == "gd" else 4)
+    assert [chunk.ends_step for chunk in chunks].count(True) == epoch.steps == (1 if optimizer == "gd" else 4)
     result = train(cfg)
     assert [row["progress/samples"] for row in result["history"]] == [30, 60]
     assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]

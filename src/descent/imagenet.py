@@ -323,6 +323,10 @@ class DeviceChunks:
     def __len__(self) -> int:
         return len(self.batches)
 
+    @property
+    def steps(self) -> int:
+        return self.batches.steps
+
     def __iter__(self) -> Iterator[Chunk]:
         pin = self.device.type == "cuda"
         host = (chunk._replace(x=chunk.x.pin_memory()) if pin else chunk for chunk in self.batches)
@@ -470,6 +474,10 @@ class FolderChunks:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    @property
+    def steps(self) -> int:
+        return self.batches.steps
 
     def __iter__(self) -> Iterator[Chunk]:
         from torch.utils.data import DataLoader

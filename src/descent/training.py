@@ -20,7 +20,7 @@ from descent.data import EVAL_SETS, ImageData, is_sample_count
 from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
-from descent.model import Classifier, Interrupted, StoppedEarly, check_settings
+from descent.model import Classifier, StoppedEarly, check_settings
 from descent.tensorboard import TensorBoardTabs, final_and_best, hyperparameters
 
 log = logging.getLogger(__name__)
@@ -165,14 +165,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     except StoppedEarly as stopped:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
-        if trainer.is_global_zero and model.history:
-            result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
-            stop = "interrupted" if isinstance(stopped, Interrupted) else "diverged"
-            result["stopped"] = {"reason": stop, "epoch": stopped.epoch, "step": stopped.step, "message": str(stopped)}
+        if trainer.is_global_zero:
+            best_path = trainer.checkpoint_callbacks[0].best_model_path
+            result = summarise(model.history, cfg.monitor, run_dir, best_path) if model.history else {"history": []}
+            result["stopped"] = {
+                "reason": type(stopped).__name__.lower(),  # diverged or interrupted
+                "epoch": stopped.epoch,
+                "step": stopped.step,
+                "message": str(stopped),
+            }
             replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-        elif trainer.is_global_zero:
-            stop = {"reason": type(stopped).__name__.lower(), "epoch": stopped.epoch, "step": stopped.step}
-            replace_text(run_dir / "metrics.json", json.dumps({"run_dir": str(run_dir), "stopped": stop}) + "\n")
         raise
     result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
     if trainer.is_global_zero:
