@@ -76,6 +76,13 @@ def idx_copy(idx_dir: Path, tmp_path: Path) -> Path:
     return directory
 
 
+def overwrite(path: Path, offset: int, new: bytes) -> None:
+    """Replace bytes of a gzipped file's content, keeping it a valid gzip file."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[offset : offset + len(new)] = new
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
 def load_idx(directory: Path) -> None:
     IdxData("MNIST", str(directory), download=False, val_size=100).setup()
 
@@ -83,9 +90,7 @@ def load_idx(directory: Path) -> None:
 def test_a_wrong_magic_number_is_named(idx_dir: Path, tmp_path: Path) -> None:
     directory = idx_copy(idx_dir, tmp_path)
     path = directory / "train-images-idx3-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[2] = 0x0D  # float data instead of unsigned bytes
-    path.write_bytes(gzip.compress(bytes(raw)))
+    overwrite(path, 2, b"\x0d")  # float data instead of unsigned bytes
     with pytest.raises(DescentError, match=f"{path}: not an IDX file of unsigned bytes \\(magic number 00000d03"):
         load_idx(directory)
 
@@ -93,9 +98,7 @@ def test_a_wrong_magic_number_is_named(idx_dir: Path, tmp_path: Path) -> None:
 def test_dimensions_that_do_not_match_the_file_size_are_named(idx_dir: Path, tmp_path: Path) -> None:
     directory = idx_copy(idx_dir, tmp_path)
     path = directory / "t10k-images-idx3-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[4:8] = (201).to_bytes(4, "big")  # one image more than the file holds
-    path.write_bytes(gzip.compress(bytes(raw)))
+    overwrite(path, 4, (201).to_bytes(4, "big"))  # one image more than the file holds
     with pytest.raises(DescentError, match=f"{path}: the header declares shape \\[201, 28, 28\\]"):
         load_idx(directory)
 

@@ -314,11 +314,10 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         stop.set()
 
 
-class DeviceChunks:
-    """The `Chunk`s of `batches` (uint8 on the host), gathered ahead on a thread, then moved and normalised."""
+class PlannedChunks:
+    """An epoch's chunks served by the plan in `batches`: as many chunks and optimizer steps as it has."""
 
-    def __init__(self, batches: Batches, normalised: Normalised, device: torch.device, depth: int) -> None:
-        self.batches, self.normalised, self.device, self.depth = batches, normalised, device, depth
+    batches: Batches
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -326,6 +325,13 @@ class DeviceChunks:
     @property
     def steps(self) -> int:
         return self.batches.steps
+
+
+class DeviceChunks(PlannedChunks):
+    """The `Chunk`s of `batches` (uint8 on the host), gathered ahead on a thread, then moved and normalised."""
+
+    def __init__(self, batches: Batches, normalised: Normalised, device: torch.device, depth: int) -> None:
+        self.batches, self.normalised, self.device, self.depth = batches, normalised, device, depth
 
     def __iter__(self) -> Iterator[Chunk]:
         pin = self.device.type == "cuda"
@@ -351,6 +357,14 @@ class NormalisedImages:
 
 class StreamedData(ImageData):
     """What the big sets share: sizes resolved at setup, device and rank from the trainer, no set held whole."""
+
+    @property
+    def num_train(self) -> int:
+        return len(self.splits["train"][1])
+
+    @property
+    def input_size(self) -> int:
+        return 3 * self.size**2
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
@@ -431,14 +445,6 @@ class DownsampledImageNet(StreamedData):
         )
 
     @property
-    def num_train(self) -> int:
-        return len(self.splits["train"][1])
-
-    @property
-    def input_size(self) -> int:
-        return 3 * self.size**2
-
-    @property
     def num_classes(self) -> int:
         assert self.cache is not None
         return self.cache.header["num_classes"]
@@ -460,7 +466,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 """torchvision's ImageNet channel statistics, for images in [0, 1]."""
 
 
-class FolderChunks:
+class FolderChunks(PlannedChunks):
     """The `Chunk`s of `batches` read from an image folder by a DataLoader: its workers decode, its memory is pinned.
 
     `batches` runs over sample positions (x = y = 0..n-1), so each chunk's `y` is the list of samples to load: the
@@ -471,13 +477,6 @@ class FolderChunks:
 
     def __init__(self, dataset: Any, batches: Batches, device: torch.device, num_workers: int) -> None:
         self.dataset, self.batches, self.device, self.num_workers = dataset, batches, device, num_workers
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    @property
-    def steps(self) -> int:
-        return self.batches.steps
 
     def __iter__(self) -> Iterator[Chunk]:
         from torch.utils.data import DataLoader
@@ -575,14 +574,6 @@ class ImageFolderData(StreamedData):
             len(val),
             len(test),
         )
-
-    @property
-    def num_train(self) -> int:
-        return len(self.splits["train"][1])
-
-    @property
-    def input_size(self) -> int:
-        return 3 * self.size**2
 
     @property
     def num_classes(self) -> int:
