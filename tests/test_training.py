@@ -91,3 +91,16 @@ def test_resuming_from_a_checkpoint_continues_to_the_same_result(make_cfg, tmp_p
 def test_a_sanity_check_before_training_is_not_counted_as_an_epoch(make_cfg) -> None:
     result = train(make_cfg("trainer.num_sanity_val_steps=2"))
     assert [row["epoch"] for row in result["history"]] == [1, 2]
+
+
+def test_training_seconds_count_every_epoch_when_only_some_are_evaluated(make_cfg, monkeypatch) -> None:
+    import itertools
+    import types
+
+    import descent.model
+
+    # A clock that advances one second each time the model reads it: each epoch's training lasts exactly 1 s.
+    ticks = itertools.count()
+    monkeypatch.setattr(descent.model, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    history = train(make_cfg("max_epochs=4", "trainer.check_val_every_n_epoch=2"))["history"]
+    assert [(row["epoch"], row["time/train_s"]) for row in history] == [(2, 2.0), (4, 4.0)]

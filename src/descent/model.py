@@ -181,6 +181,10 @@ class Classifier(LightningModule):
             self._samples_seen += round(chunk.loss_divisor * world_size)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        # Here, not where the evaluation starts: with check_val_every_n_epoch > 1 not every epoch is evaluated.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._train_seconds += time.perf_counter() - self._epoch_start
 
     def _stop_if_asked_or_diverged(self, loss_sum: Tensor, step_in_epoch: int, world_size: int) -> None:
         """Raise `Diverged` on a non-finite loss, `Interrupted` after SIGINT/SIGTERM; before the step is taken.
@@ -228,10 +232,6 @@ class Classifier(LightningModule):
         return self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
 
     def on_validation_epoch_start(self) -> None:
-        if self._end_of_epoch():
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._train_seconds += time.perf_counter() - self._epoch_start
         self._sums = torch.zeros(len(EVAL_SETS), 3, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: Chunk, batch_idx: int, dataloader_idx: int = 0) -> None:
