@@ -36,6 +36,7 @@ BAD_SETTINGS = [
     ("model=mlp", "model.dropout=1", "model.dropout=1 is not allowed: give a probability in [0, 1)"),
     ("model=mlp", "max_epochs=0", "max_epochs=0 is not allowed: give a whole number of epochs, at least 1"),
     ("model=mlp", "max_epochs=2.5", "max_epochs=2.5 is not allowed"),
+    ("model=mlp", "max_epochs=true", "max_epochs=True is not allowed"),
     ("model=mlp", "data.val_size=0", "data.val_size=0 is not allowed: give a whole number of samples, at least 1"),
     ("model=mlp", "seed=abc", "seed='abc' is not allowed: give a whole number"),
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from descent.errors import DescentError, require
+from descent.errors import DescentError, is_whole, require
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class OneEpoch:
 
 def is_sample_count(value: object) -> bool:
     """A positive int, or `full`: what `batch_size` and `chunk_size` accept."""
-    return value == "full" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    return value == "full" or (is_whole(value) and value >= 1)
 
 
 def parse_size(value: int | str, n: int, key: str) -> int:
@@ -178,7 +178,7 @@ class ImageData(LightningDataModule):
             return
         x_train, y_train, x_test, y_test = self.load()
         require(
-            isinstance(self.val_size, int) and 1 <= self.val_size < len(y_train),
+            is_whole(self.val_size) and 1 <= self.val_size < len(y_train),
             f"data.val_size={self.val_size!r} must be at least 1 and smaller than the {len(y_train)} "
             "training samples it is carved from",
         )
@@ -202,7 +202,7 @@ class ImageData(LightningDataModule):
         """B and the chunk size in samples, resolved at setup so that a bad size fails before a Trainer exists."""
         self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
         chunk_size = self.chunk_size  # a cap: anything above N means N
-        if isinstance(chunk_size, int) and not isinstance(chunk_size, bool):
+        if is_whole(chunk_size):
             chunk_size = min(chunk_size, self.num_train)
         self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
 
@@ -349,8 +349,9 @@ class IdxData(ImageData):
                 f"{found[images_name]} and {found[labels_name]}: expected images [N, H, W] and labels [N], "
                 f"got shapes {list(images.shape)} and {list(labels.shape)}",
             )
-            if (labels >= IDX_CLASSES).any():
-                index = int((labels >= IDX_CLASSES).nonzero()[0])
+            outside = (labels >= IDX_CLASSES).nonzero()
+            if len(outside):
+                index = int(outside[0])
                 raise DescentError(
                     f"{found[labels_name]}: label {int(labels[index])} at index {index} is outside the "
                     f"{IDX_CLASSES} classes 0-{IDX_CLASSES - 1}; the file is corrupt or not a label file, "

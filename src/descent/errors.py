@@ -54,6 +54,16 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def is_whole(value: object) -> bool:
+    """An int, and not a bool (YAML's `true` would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def require(condition: Any, message: str) -> None:
     if not condition:
         raise DescentError(message)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from descent.data import EVAL_SETS, Batches, Chunk, ImageData, OneEpoch
-from descent.errors import DescentError, require
+from descent.errors import DescentError, is_whole, require
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class StreamedData(ImageData):
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation and training sample numbers (each sorted), carved as `ImageData` does."""
         require(
-            isinstance(self.val_size, int) and 1 <= self.val_size < n,
+            is_whole(self.val_size) and 1 <= self.val_size < n,
             f"data.val_size={self.val_size!r} must be at least 1 and smaller than the {n} training samples it is "
             "carved from",
         )
@@ -419,7 +419,7 @@ class DownsampledImageNet(StreamedData):
             return
         require(self.size in (32, 64), f"data.image_size={self.size}: downsampled ImageNet comes in 32 or 64")
         require(
-            isinstance(self.prefetch_depth, int) and self.prefetch_depth >= 1,
+            is_whole(self.prefetch_depth) and self.prefetch_depth >= 1,
             f"data.prefetch_depth={self.prefetch_depth!r} must be a positive number of chunks",
         )
         cache = Cache.prepare(self.data_dir, self.size)
@@ -547,7 +547,7 @@ class ImageFolderData(StreamedData):
         if self.splits:
             return
         require(
-            isinstance(self.size, int) and self.size >= 1,
+            is_whole(self.size) and self.size >= 1,
             f"data.image_size={self.size!r} must be a positive number of pixels",
         )
         train, test = self._folder("train"), self._folder("val")

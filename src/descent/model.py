@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from descent.backprop import average_over_ranks, backpropagate
 from descent.data import EVAL_SETS, Batches, Chunk
-from descent.errors import DescentError, require
+from descent.errors import DescentError, is_number, is_whole, require
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ def check_settings(hidden: Any, activation: Any, dropout: Any, backprop: Any) ->
     require(
         isinstance(hidden, Sequence)
         and not isinstance(hidden, str)
-        and all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden),
+        and all(is_whole(width) and width >= 1 for width in hidden),
         f"model.hidden={hidden!r} is not allowed: give a list of positive layer widths, e.g. model.hidden=[512,512] "
         "(or [] for none)",
     )
     require(activation in ACTIVATIONS, f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
     require(
-        isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1,
+        is_number(dropout) and 0 <= dropout < 1,
         f"model.dropout={dropout!r} is not allowed: give a probability in [0, 1)",
     )
     require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")

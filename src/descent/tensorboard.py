@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from descent.data import EVAL_SETS, ImageData
-from descent.errors import require
+from descent.errors import is_whole, require
 from descent.model import Classifier
 
 CHARTS = {
@@ -42,7 +42,7 @@ class Logger(TensorBoardLogger):
         **kwargs: Any,
     ) -> None:
         require(
-            isinstance(image_every_n_epochs, int) and image_every_n_epochs >= 0,
+            is_whole(image_every_n_epochs) and image_every_n_epochs >= 0,
             f"logger.image_every_n_epochs={image_every_n_epochs!r} is not allowed: give a whole number of epochs, "
             "or 0 for no image grids",
         )

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from descent.checkpoints import AtomicCheckpointIO, check_fits
 from descent.data import EVAL_SETS, ImageData, is_sample_count
-from descent.errors import require
+from descent.errors import is_number, is_whole, require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.model import Classifier, StoppedEarly, check_settings
@@ -72,20 +72,20 @@ def check_config(cfg: DictConfig) -> None:
     check_settings(model.get("hidden"), model.get("activation"), model.get("dropout"), model.get("backprop"))
     val_size = cfg.data.get("val_size", 1)
     require(
-        isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= 1,
+        is_whole(val_size) and val_size >= 1,
         f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
     )
     require(
-        cfg.seed is None or (isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool)),
+        cfg.seed is None or is_whole(cfg.seed),
         f"seed={cfg.seed!r} is not allowed: give a whole number, or null for no seeding",
     )
     require(
-        isinstance(cfg.max_epochs, int) and cfg.max_epochs >= 1,
+        is_whole(cfg.max_epochs) and cfg.max_epochs >= 1,
         f"max_epochs={cfg.max_epochs!r} is not allowed: give a whole number of epochs, at least 1",
     )
     budget = cfg.memory_budget_bytes
     require(
-        budget is None or (isinstance(budget, int) and budget > 0),
+        budget is None or (is_whole(budget) and budget > 0),
         f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
         "device reports as free",
     )
@@ -100,10 +100,6 @@ def check_config(cfg: DictConfig) -> None:
             torch.backends.mps.is_available(),
             "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
         )
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
