@@ -90,3 +90,16 @@ def test_an_optuna_search_of_3_trials_completes(tmp_path: Path) -> None:
     results = (tmp_path / "optimization_results.yaml").read_text()
     best = min(float(row["best val/error"]) for row in runs)
     assert f"best_value: {best}" in results
+
+
+def test_a_run_that_stopped_early_is_summarised_as_failed(tmp_path: Path) -> None:
+    from descent.sweep import read_runs
+
+    job = tmp_path / "optimizer.lr=1000"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=1000\n")
+    message = "training diverged at epoch 1, step 3 of the epoch (3 in all): the loss is nan; lower the learning rate"
+    stopped = {"reason": "diverged", "epoch": 1, "step": 3, "message": message}
+    (job / "metrics.json").write_text(json.dumps({"history": [], "stopped": stopped}))
+    (run,) = read_runs(tmp_path)
+    assert (run.status, run.error, run.figures) == ("failed", message, None)

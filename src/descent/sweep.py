@@ -59,6 +59,8 @@ def read_run(job_dir: Path, sweep_dir: Path) -> Run:
     name = job_dir.relative_to(sweep_dir).as_posix()
     if (job_dir / "metrics.json").is_file():
         metrics = json.loads((job_dir / "metrics.json").read_text())
+        if "stopped" in metrics:  # diverged or interrupted: what it has is not a result
+            return Run(name, overrides, "failed", error=metrics["stopped"]["message"])
         monitor = metrics["monitor"]
         figures = {f"{row} {key}": metrics[row][key] for row, key in FIGURES}
         figures["objective"] = metrics["best"][monitor]
