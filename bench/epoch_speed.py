@@ -4,15 +4,20 @@ Measured side by side in one process, on the same training tensors (Fashion-MNIS
 installed, else synthetic data of the same shape), the same MLP (784-512-512-10), seed and thread count:
 
   a     descent's real code (the composed conf/, `build`, `build_trainer`, trainer=cpu logger=none) with the
-        per-epoch evaluation switched off; a_on the same with it on (the default), whole epochs including the
-        evaluation and the two checkpoints, and the training part alone from descent's own `time/train_s`
+        per-epoch evaluation switched off (last.ckpt still written each epoch); a_on the same with it on (the
+        default), whole epochs including the evaluation and both checkpoints, and the training part alone from
+        descent's own `time/train_s`
   b     a plain PyTorch loop: randperm, slice, forward, backward, SGD step (one full-batch step for GD)
   c     the common template: per-sample PIL -> ToTensor -> Normalize, DataLoader, automatic optimization (B=64 only)
-  fwd   one forward pass over the train, val and test sets (the most the evaluation should add to an epoch)
+  fwd   one forward pass of b's network over the train, val and test sets (the most the evaluation should add
+        to an epoch), run right before and right after a_on's validation loop in the same epoch (the mean of both)
 
-Each round trains one more epoch of every variant in turn (rotating who goes first), so that load from other
+Each round trains one more epoch of every variant in turn (forwards, then backwards), so that load from other
 processes on this shared machine falls on all of them alike; the first round is a warm-up, the median of the
-others is reported. Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 3] [--skip-torchvision]`.
+others is reported. Each ratio is printed twice: of the medians, and the median of the ratios within each round
+(`paired`, the two epochs run back to back). The targets are judged on `paired`: on this shared virtual machine
+the speed drifts by a tenth or more from one minute to the next, which the ratio within a round cancels.
+Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 5] [--skip-torchvision]`.
 """
 
 import argparse
@@ -31,15 +36,16 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from descent.checkpoints import saved_in_the_background
 from descent.data import IDX_FILES, IdxData, ImageData, SyntheticData
-from descent.model import mlp
+from descent.model import ACTIVATIONS, mlp
 from descent.training import build, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -77,23 +83,35 @@ def compose_config(batch_size: int | str, data_name: str, scratch: Path, run_nam
 
 class EpochSeconds(Callback):
     """Wall time from the start of the epoch to the end of `fit` (with one epoch per `fit`, the whole epoch), and
-    of the validation loop within it (the callbacks' hooks run before the checkpoint callbacks': no saving)."""
+    of the validation loop within it (the callbacks' hooks run before the checkpoint callbacks': no saving).
 
-    def __init__(self) -> None:
+    `beside_validation`, if given, is run and timed right before and right after the validation loop (the fwd
+    baseline, back to back with what it is compared with); its seconds are left out of the epoch's.
+    """
+
+    def __init__(self, beside_validation: Callable[[], float] | None = None) -> None:
+        self.beside_validation = beside_validation
         self.seconds: list[float] = []
         self.validation_seconds: list[float] = []
+        self.beside_seconds: list[list[float]] = []
 
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._beside: list[float] = []
 
     def on_validation_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if self.beside_validation is not None:
+            self._beside.append(self.beside_validation())
         self._validation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.validation_seconds.append(time.perf_counter() - self._validation_start)
+        if self.beside_validation is not None:
+            self._beside.append(self.beside_validation())
 
     def on_train_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(time.perf_counter() - self._start - sum(self._beside))
+        self.beside_seconds.append(self._beside)
 
 
 def fit_one_more_epoch(trainer: lightning.Trainer, model: lightning.LightningModule, **data: object) -> None:
@@ -102,13 +120,14 @@ def fit_one_more_epoch(trainer: lightning.Trainer, model: lightning.LightningMod
     trainer.fit(model, **data)
 
 
-def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData) -> Epoch:
-    """a_on: `build` + `build_trainer` as `train(cfg)` calls them, with the full evaluation and checkpoints."""
+def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_pass: Callable[[], float]) -> Epoch:
+    """a_on: `build` + `build_trainer` as `train(cfg)` calls them, with the full evaluation and checkpoints; fwd
+    right before and right after each validation loop (the mean of the two)."""
     lightning.seed_everything(SEED, verbose=False)
     data, model = build(cfg)
     data.sets = shared.sets  # the very tensors the other variants use (the same values; one copy in memory)
     trainer = build_trainer(cfg, Path(cfg.run_dir))
-    timer = EpochSeconds()
+    timer = EpochSeconds(beside_validation=forward_pass)
     trainer.callbacks.append(timer)
 
     def epoch() -> dict[str, float]:
@@ -120,22 +139,27 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData) -> Epoch:
             "a_on train": train_s,
             "a_on validation": timer.validation_seconds[-1],
             "a_on evaluation": timer.seconds[-1] - train_s,
+            "fwd": statistics.mean(timer.beside_seconds[-1]),
         }
 
     return epoch
 
 
 def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData) -> Epoch:
-    """a: descent's data and model under its trainer config, with `limit_val_batches=0` and no callbacks.
+    """a: descent's data and model under its trainer config, with `limit_val_batches=0`, saving last.ckpt each epoch.
 
     The Trainer is built here from `cfg.trainer` rather than by `build_trainer`, whose best-checkpoint callback
-    monitors val/error and would fail without an evaluation: `enable_checkpointing=False, callbacks=[timer]`.
+    monitors val/error and would fail without an evaluation; last.ckpt is written as `build_trainer` writes it, so
+    that a_on - a is what the evaluation adds, not the checkpointing a run does either way.
     """
     lightning.seed_everything(SEED, verbose=False)
     data, model = build(cfg)
     data.sets = shared.sets
     timer = EpochSeconds()
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[timer], enable_checkpointing=False, limit_val_batches=0)
+    last = ModelCheckpoint(Path(cfg.run_dir) / "checkpoints", "last", enable_version_counter=False)
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[timer, last], plugins=[saved_in_the_background()], limit_val_batches=0
+    )
 
     def epoch() -> dict[str, float]:
         fit_one_more_epoch(trainer, model, datamodule=data)
@@ -145,10 +169,19 @@ def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData) -> Epo
 
 
 def plain_model(cfg: DictConfig, x: Tensor, y: Tensor) -> nn.Sequential:
-    """The MLP of `cfg.model`, initialised from the same seed as descent's."""
+    """The MLP of `cfg.model` as a plain loop writes it (`nn.ReLU()`, not descent's in-place one), starting from
+    the same weights as descent's."""
     torch.manual_seed(SEED)
     model = cfg.model
-    return mlp(x.shape[1], list(model.hidden), int(y.max()) + 1, model.activation, model.dropout)
+    widths = [x.shape[1], *model.hidden]
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(widths, widths[1:], strict=False):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[model.activation]()]
+        if model.dropout > 0:
+            layers.append(nn.Dropout(model.dropout))
+    net = nn.Sequential(*layers, nn.Linear(widths[-1], int(y.max()) + 1))
+    net.load_state_dict(mlp(widths[0], widths[1:], int(y.max()) + 1, model.activation, model.dropout).state_dict())
+    return net
 
 
 def plain_loop_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int) -> Epoch:
@@ -242,12 +275,12 @@ def torchvision_pipeline_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_siz
     return epoch
 
 
-def evaluation_forward_pass(cfg: DictConfig, shared: ImageData) -> Epoch:
+def evaluation_forward_pass(cfg: DictConfig, shared: ImageData) -> Callable[[], float]:
     """fwd: loss and errors of one forward pass over train, val and test in eval mode, `chunk_size` at a time."""
     x, y = shared.sets["train"]
     net = plain_model(cfg, x, y).eval()
 
-    def epoch() -> dict[str, float]:
+    def seconds() -> float:
         start = time.perf_counter()
         with torch.inference_mode():
             for x_set, y_set in shared.sets.values():
@@ -255,17 +288,20 @@ def evaluation_forward_pass(cfg: DictConfig, shared: ImageData) -> Epoch:
                     logits = net(x_chunk)
                     F.cross_entropy(logits, y_chunk, reduction="sum").item()
                     (logits.argmax(1) != y_chunk).sum().item()
-        return {"fwd": time.perf_counter() - start}
+        return time.perf_counter() - start
 
-    return epoch
+    return seconds
 
 
 def interleaved_epoch_seconds(variants: list[Epoch], epochs: int) -> dict[str, list[float]]:
-    """One warm-up round, then `epochs` rounds of one epoch of each variant; the i-th entries share a round."""
+    """One warm-up round, then `epochs` rounds of one epoch of each variant; the i-th entries share a round.
+
+    The rounds run the variants forwards and backwards in turn, so that neighbours in the list (the pairs whose
+    ratios are taken) always run back to back, each first as often as second.
+    """
     timings: dict[str, list[float]] = {}
     for round_number in range(1 + epochs):
-        first = round_number % len(variants)
-        for epoch in variants[first:] + variants[:first]:
+        for epoch in variants if round_number % 2 == 0 else variants[::-1]:
             for name, seconds in epoch().items():
                 if round_number > 0:
                     timings.setdefault(name, []).append(seconds)
@@ -281,11 +317,11 @@ def measure_batch_size(
     cfg_off = compose_config(batch_size, data_name, scratch, f"{label}-off")
     x, y = shared.sets["train"]
     steps_of = len(y) if batch_size == "full" else int(batch_size)
+    # Neighbours run back to back (see interleaved_epoch_seconds): b and a, a and a_on; fwd runs inside a_on.
     variants = [
-        descent_epochs_without_evaluation(cfg_off, shared),
-        descent_epochs_with_evaluation(cfg_on, shared),
         plain_loop_epochs(cfg_off, x, y, steps_of),
-        evaluation_forward_pass(cfg_off, shared),
+        descent_epochs_without_evaluation(cfg_off, shared),
+        descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared)),
     ]
     if with_torchvision:
         variants.append(torchvision_pipeline_epochs(cfg_off, x, y, steps_of))
@@ -321,8 +357,8 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
 
 
 def print_report(results: dict[int | str, dict[str, list[float]]], header: str) -> None:
-    """Median seconds by variant and B; then each ratio of medians (and the median of the per-round ratios, less
-    sensitive to load that drifts during the run) beside its target, judged on the ratio of medians."""
+    """Median seconds by variant and B; then each ratio of medians and the median of the per-round ratios (less
+    sensitive to load that drifts during the run) beside its target, judged on the latter."""
     titles = {b: "GD (B=N)" if b == "full" else f"B={b}" for b in results}
     print(f"\n{header}\n")
     print(f"{'seconds per epoch (median)':46}" + "".join(f"{title:>10}" for title in titles.values()))
@@ -345,7 +381,7 @@ def print_report(results: dict[int | str, dict[str, list[float]]], header: str) 
             line = f"{name + ' ' + titles[b]:46}{of_medians:>10.3f}{paired:>10.3f}"
             if target is not None:
                 relation, bound = target
-                met = of_medians <= bound if relation == "<=" else of_medians >= bound
+                met = paired <= bound if relation == "<=" else paired >= bound
                 line += f"{relation + ' ' + str(bound):>10}{'yes' if met else 'NO':>6}"
             print(line)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -363,7 +399,7 @@ def parse_batch_size(text: str) -> int | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (default 3)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs after one warm-up (default 5)")
     parser.add_argument(
         "--batch-sizes",
         nargs="+",

@@ -56,7 +56,7 @@ def descent_gd_epochs(x: torch.Tensor, y: torch.Tensor, epochs: int, chunk_size:
     """descent's exact GD: the step accumulated over chunks through Lightning, one optimizer step an epoch."""
     import lightning
 
-    from descent.data import Batches, OneEpoch
+    from descent.data import Batches, OnePass
     from descent.model import Classifier
 
     class EpochTimer(lightning.Callback):
@@ -76,7 +76,7 @@ def descent_gd_epochs(x: torch.Tensor, y: torch.Tensor, epochs: int, chunk_size:
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
     )  # fmt: skip
-    trainer.fit(model, train_dataloaders=OneEpoch(Batches(x, y, N, chunk_size, seed=SEED)))
+    trainer.fit(model, train_dataloaders=OnePass(Batches(x, y, N, chunk_size, seed=SEED)))
     assert trainer.global_step == epochs  # one step an epoch, whatever the chunk size
     return timer.seconds
 

@@ -34,7 +34,7 @@ class Recording:
 
     def train_dataloader(self) -> Any:
         epoch = super().train_dataloader()
-        batches = epoch.batches if isinstance(epoch.batches, Batches) else epoch.batches.batches
+        batches = epoch.chunks if isinstance(epoch.chunks, Batches) else epoch.chunks.batches
         self.record_dir.mkdir(parents=True, exist_ok=True)
         record = self.record_dir / f"rank{self.trainer.global_rank}.txt"
         batches.x = IndexRecorder(batches.x, record, lambda: self.trainer.current_epoch)

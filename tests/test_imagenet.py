@@ -66,7 +66,7 @@ def test_an_epoch_says_how_many_steps_it_takes(imagenet32_dir: Path, tmp_path: P
     """The model reads the loss at the epoch's last step by this count (every 32 steps off the CPU)."""
     overrides = (f"optimizer={optimizer}", "batch_size=64", "chunk_size=64")
     data, _ = build(compose_cfg(*overrides, data_dir=imagenet32_dir, run_dir=tmp_path))
-    epoch = data.train_dataloader().batches
+    epoch = data.train_dataloader().chunks
     assert epoch.steps == steps == sum(chunk.ends_step for chunk in epoch)
 
 
@@ -79,7 +79,7 @@ def test_gd_on_imagenet32_takes_one_exact_step_per_epoch_in_chunks(imagenet32_di
 def test_gd_step_from_the_memmap_equals_one_step_on_all_the_data(imagenet32_dir: Path, tmp_path: Path) -> None:
     """The chunks of a GD epoch, gathered from the cache and normalised on the device, are the whole split."""
     data, _ = build(compose_cfg("optimizer=gd", "chunk_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
-    chunks = list(data.train_dataloader().batches)
+    chunks = list(data.train_dataloader().chunks)
     assert len(chunks) == -(-(TRAIN - VAL_SIZE) // 64) and [c.ends_step for c in chunks].count(True) == 1
     assert {c.loss_divisor for c in chunks} == {TRAIN - VAL_SIZE}
     x = torch.cat([c.x for c in chunks])
@@ -129,7 +129,7 @@ def test_a_cache_without_its_header_is_converted_again(imagenet32_dir: Path, tmp
 def test_the_data_module_pickles_without_its_images(imagenet32_dir: Path, tmp_path: Path) -> None:
     """ddp_spawn and submitit pickle it: the memory map is reopened on the other side, never copied."""
     data, _ = build(compose_cfg(data_dir=imagenet32_dir, run_dir=tmp_path))
-    next(iter(data.train_dataloader().batches))  # maps the file
+    next(iter(data.train_dataloader().chunks))  # maps the file
     copy = pickle.loads(pickle.dumps(data))
     assert len(pickle.dumps(data)) < TRAIN * 3072 / 4
     torch.testing.assert_close(copy.sets["test"][0][0:5], data.sets["test"][0][0:5])
@@ -274,7 +274,7 @@ def test_an_image_folder_trains_with_sgd_and_gd(folder_dir: Path, tmp_path: Path
     assert data.input_size == model.hparams.input_size == 3 * 16 * 16 and data.class_names == [
         "class_000", "class_001", "class_002"
     ]  # fmt: skip
-    epoch = data.train_dataloader().batches
+    epoch = data.train_dataloader().chunks
     chunks = list(epoch)
     assert sum(len(chunk.y) for chunk in chunks) == 36 - 6
     assert [chunk.ends_step for chunk in chunks].count(True) == epoch.steps == (1 if optimizer == "gd" else 4)

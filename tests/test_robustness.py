@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import run, small
 
-from descent.checkpoints import AtomicCheckpointIO, check_fits, load
+from descent.checkpoints import AtomicCheckpointIO, check_fits, load, saved_in_the_background
 from descent.data import IdxData, read_idx
 from descent.errors import DescentError
 from descent.model import Classifier, Diverged
@@ -317,6 +317,40 @@ def test_a_checkpoint_write_that_dies_halfway_leaves_the_previous_one_whole(tmp_
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_checkpoint_saved_in_the_background_holds_the_weights_of_when_it_was_asked_for(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The write waits until the weights have changed in place, as the next epoch's steps change them."""
+    import threading
+
+    import descent.checkpoints
+
+    weights_changed = threading.Event()
+
+    def replace_later(path, write) -> None:
+        assert weights_changed.wait(timeout=60)
+        replace(path, write)
+
+    replace = descent.checkpoints.replace
+    monkeypatch.setattr(descent.checkpoints, "replace", replace_later)
+    io = saved_in_the_background()
+    weight = torch.ones(3)
+    io.save_checkpoint({"state_dict": {"w": weight}, "epoch": 1}, tmp_path / "last.ckpt")
+    weight.sub_(5.0)  # an optimizer step
+    weights_changed.set()
+    io.teardown()  # what `fit` calls at its end: waits for the write
+    saved = io.load_checkpoint(tmp_path / "last.ckpt")
+    assert saved["epoch"] == 1 and saved["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_checkpoint_write_that_fails_in_the_background_is_raised_when_fit_ends(tmp_path: Path) -> None:
+    (tmp_path / "a file").write_text("not a directory")
+    io = saved_in_the_background()
+    io.save_checkpoint({"state_dict": {}, "epoch": 1}, tmp_path / "a file" / "last.ckpt")
+    with pytest.raises(OSError):
+        io.teardown()
 
 
 class Payload:

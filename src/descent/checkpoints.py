@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from descent.errors import DescentError, require
@@ -25,6 +25,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
         return load(Path(path), map_location)
+
+
+def saved_in_the_background() -> AsyncCheckpointIO:
+    """How a run writes its checkpoints: atomically, from a thread, while the next epoch trains.
+
+    Writing one (serialising, writing, fsync) takes about 15 ms for the default MLP on a 2-core machine, half of it
+    waiting for the disk; two an epoch would add a twentieth to the evaluation there, and more beside a GPU.
+    Lightning copies the tensors before handing them to the thread, so later steps do not leak into the file, and
+    waits for the writes when `fit` ends, also when it ends in an error or a signal; a failed write is raised then
+    or at the next save.
+    """
+    return AsyncCheckpointIO(AtomicCheckpointIO())
 
 
 def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -3,14 +3,15 @@
 The images are decoded once, normalised once and moved to the device once. An epoch is a seeded permutation cut
 into steps of B samples (B = N for batch gradient descent); a step larger than `chunk_size` is computed in chunks
 whose gradients add up to the exact gradient of the step. No per-sample Python, no PIL, no DataLoader, and
-Lightning sees one training "batch" an epoch (`OneEpoch`): the model steps through the epoch itself.
+Lightning sees one "batch" per pass (`OnePass`): one an epoch in training, one per set in the evaluation; the model
+steps through the chunks itself.
 """
 
 import gzip
 import logging
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,21 +108,22 @@ class Batches:
                     yield Chunk(self.x[index], self.y[index], loss_divisor, i == n_chunks - 1)
 
 
-class OneEpoch:
-    """Lightning's training loader: one item an epoch, the epoch's `Batches`, stepped through in `training_step`.
+class OnePass:
+    """A Lightning loader of one item, a whole pass of chunks (an epoch of steps, or a set to evaluate) that the
+    model steps through in `training_step` or `validation_step`.
 
-    Lightning's per-batch machinery (hooks, batch transfer, progress tracking) costs about 1 ms a step on 2 CPU
-    cores, a fifth of a B=64 step of the default MLP; this way it runs once an epoch.
+    Lightning's per-batch machinery (hooks, batch transfer, progress tracking) costs about 1 ms a batch on 2 CPU
+    cores, a fifth of a B=64 step of the default MLP; this way it runs once a pass.
     """
 
-    def __init__(self, batches: Batches) -> None:
-        self.batches = batches
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self.chunks = chunks
 
     def __len__(self) -> int:
         return 1
 
-    def __iter__(self) -> Iterator[Batches]:
-        yield self.batches
+    def __iter__(self) -> Iterator[Iterable[Chunk]]:
+        yield self.chunks
 
 
 def is_sample_count(value: object) -> bool:
@@ -222,10 +224,10 @@ class ImageData(LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
-    def train_dataloader(self) -> OneEpoch:
+    def train_dataloader(self) -> OnePass:
         x, y = self._on_device()["train"]
         rank, world_size = self._rank()
-        return OneEpoch(
+        return OnePass(
             Batches(
                 x,
                 y,
@@ -238,12 +240,12 @@ class ImageData(LightningDataModule):
             )
         )
 
-    def val_dataloader(self) -> list[Batches]:
-        """The whole training, validation and test sets, in a fixed order, one chunk at a time."""
+    def val_dataloader(self) -> list[OnePass]:
+        """The whole training, validation and test sets, in a fixed order, each one pass of chunks."""
         sets = self._on_device()
         rank, world_size = self._rank()
         return [
-            Batches(x, y, len(y), self.samples_per_chunk, rank=rank, world_size=world_size)
+            OnePass(Batches(x, y, len(y), self.samples_per_chunk, rank=rank, world_size=world_size))
             for x, y in (sets[name] for name in EVAL_SETS)
         ]
 

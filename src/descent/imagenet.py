@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from descent.data import EVAL_SETS, Batches, Chunk, ImageData, OneEpoch
+from descent.data import EVAL_SETS, Batches, Chunk, ImageData, OnePass
 from descent.errors import DescentError, is_whole, require
 
 log = logging.getLogger(__name__)
@@ -381,14 +381,14 @@ class StreamedData(ImageData):
         images.device = self._device()  # type: ignore[union-attr]
         self.sets["test"] = (images, y.to(images.device))  # type: ignore[union-attr]
 
-    def train_dataloader(self) -> OneEpoch:
+    def train_dataloader(self) -> OnePass:
         self._place_test_set()
-        return OneEpoch(self._chunks("train", self.samples_per_step, self.seed))  # type: ignore[arg-type]
+        return OnePass(self._chunks("train", self.samples_per_step, self.seed))
 
-    def val_dataloader(self) -> list[Iterable[Chunk]]:  # type: ignore[override]
-        """The whole training, validation and test sets, in file order, one chunk at a time."""
+    def val_dataloader(self) -> list[OnePass]:  # type: ignore[override]
+        """The whole training, validation and test sets, in file order, each one pass of chunks."""
         self._place_test_set()
-        return [self._chunks(name, len(self.splits[name][1])) for name in EVAL_SETS]
+        return [OnePass(self._chunks(name, len(self.splits[name][1]))) for name in EVAL_SETS]
 
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Validation and training sample numbers (each sorted), carved as `ImageData` does."""

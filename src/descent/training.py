@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from descent.checkpoints import AtomicCheckpointIO, check_fits
+from descent.checkpoints import AtomicCheckpointIO, check_fits, saved_in_the_background
 from descent.data import EVAL_SETS, ImageData, is_sample_count
 from descent.errors import is_number, is_whole, require
 from descent.files import replace_text
@@ -137,7 +137,7 @@ def build_trainer(
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
-    plugins = [AtomicCheckpointIO()]
+    plugins = [saved_in_the_background()]
     return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], plugins=plugins, **overrides)
 
 
