@@ -27,7 +27,6 @@ import logging
 import os
 import resource
 import statistics
-import struct
 import tempfile
 import time
 import warnings
@@ -49,7 +48,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from descent.checkpoints import saved_in_the_background
-from descent.data import IDX_FILES, IdxData, ImageData, SyntheticData
+from descent.data import IDX_FILES, IdxData, ImageData, SyntheticData, write_idx
 from descent.model import ACTIVATIONS, mlp
 from descent.training import build, build_trainer
 
@@ -236,13 +235,6 @@ def as_uint8_images(x: Tensor) -> Tensor:
     """Undo the normalisation (an affine map, so min and max give it back): [N, 784] float -> [N, 28, 28] uint8."""
     low, high = x.min(), x.max()
     return ((x - low) / (high - low) * 255).round().to(torch.uint8).reshape(len(x), 28, 28)
-
-
-def write_idx(path: Path, array: Tensor) -> None:
-    """An uncompressed IDX file of unsigned bytes, as torchvision's MNIST reads them from `<root>/MNIST/raw/`."""
-    path.write_bytes(
-        bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.numpy().tobytes()
-    )
 
 
 def torchvision_mnist(shared: ImageData, root: Path, transform: Callable[[Image.Image], Tensor]) -> MNIST:

@@ -1,7 +1,5 @@
 """Fixtures that write small, real data files and compose the real config around them."""
 
-import gzip
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,16 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from descent.data import write_idx
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz), as the MNIST release does."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.to(torch.uint8).contiguous().numpy().tobytes()
-    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
 
 
 def learnable_images(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

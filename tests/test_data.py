@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_idx
 
-from descent.data import Batches, IdxData, read_idx
+from descent.data import Batches, IdxData, read_idx, write_idx
 from descent.errors import DescentError
 
 

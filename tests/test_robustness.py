@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, python, write_idx
+from conftest import ROOT, python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import run, small
 
 from descent.checkpoints import AtomicCheckpointIO, check_fits, load, saved_in_the_background
-from descent.data import IdxData, read_idx
+from descent.data import IdxData, read_idx, write_idx
 from descent.errors import DescentError
 from descent.model import Classifier, Diverged
 from descent.training import check_config, train
@@ -345,11 +345,12 @@ def test_a_checkpoint_saved_in_the_background_holds_the_weights_of_when_it_was_a
     assert saved["epoch"] == 1 and saved["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_a_checkpoint_write_that_fails_in_the_background_is_raised_when_fit_ends(tmp_path: Path) -> None:
+def test_a_checkpoint_write_that_fails_in_the_background_is_raised_by_the_time_fit_ends(tmp_path: Path) -> None:
+    """At the latest by `teardown`; already by the save itself when the thread failed before it returned."""
     (tmp_path / "a file").write_text("not a directory")
     io = saved_in_the_background()
-    io.save_checkpoint({"state_dict": {}, "epoch": 1}, tmp_path / "a file" / "last.ckpt")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="a file"):
+        io.save_checkpoint({"state_dict": {}, "epoch": 1}, tmp_path / "a file" / "last.ckpt")
         io.teardown()
 
 
