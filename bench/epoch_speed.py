@@ -49,7 +49,7 @@ from torchvision.datasets import MNIST
 
 from descent.checkpoints import saved_in_the_background
 from descent.data import IDX_FILES, IdxData, ImageData, SyntheticData, write_idx
-from descent.model import ACTIVATIONS, mlp
+from descent.model import mlp
 from descent.training import build, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -173,18 +173,14 @@ def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData) -> Epo
 
 
 def plain_model(cfg: DictConfig, x: Tensor, y: Tensor) -> nn.Sequential:
-    """The MLP of `cfg.model` as a plain loop writes it (`nn.ReLU()`, not descent's in-place one), starting from
-    the same weights as descent's."""
+    """The MLP of `cfg.model` with descent's initial weights, but as a plain loop writes it: `nn.ReLU()`, not
+    descent's in-place one."""
     torch.manual_seed(SEED)
     model = cfg.model
-    widths = [x.shape[1], *model.hidden]
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(widths, widths[1:], strict=False):
-        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[model.activation]()]
-        if model.dropout > 0:
-            layers.append(nn.Dropout(model.dropout))
-    net = nn.Sequential(*layers, nn.Linear(widths[-1], int(y.max()) + 1))
-    net.load_state_dict(mlp(widths[0], widths[1:], int(y.max()) + 1, model.activation, model.dropout).state_dict())
+    net = mlp(x.shape[1], list(model.hidden), int(y.max()) + 1, model.activation, model.dropout)
+    for layer in net:
+        if isinstance(layer, nn.ReLU):
+            layer.inplace = False
     return net
 
 
