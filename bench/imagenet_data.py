@@ -90,7 +90,7 @@ def main() -> None:
     print(
         f"data: {data.cache.header['num_train']:,} x {data.input_size} uint8 = {file_bytes / 1e9:.2f} GB memory-mapped"
     )
-    chunks = iter(data.train_dataloader().batches)
+    chunks = iter(data.train_dataloader().chunks)
     torch.manual_seed(0)
     net = mlp(data.input_size, HIDDEN, CLASSES, "relu", 0.0)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -110,7 +110,7 @@ def main() -> None:
     n_epoch = int(args.epoch_fraction * data.num_train) // B
     chunks.close()  # stops its prefetch thread
     start = time.perf_counter()
-    for _, chunk in zip(range(n_epoch), data.train_dataloader().batches, strict=False):
+    for _, chunk in zip(range(n_epoch), data.train_dataloader().chunks, strict=False):
         del chunk
     seconds = time.perf_counter() - start
     print(f"  data path over {n_epoch * B:,} samples ({args.epoch_fraction:g} epoch): {n_epoch * B / seconds:,.0f} "

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import run, small
 
-from descent.checkpoints import AtomicCheckpointIO, check_fits, load, saved_in_the_background
+from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load
 from descent.data import IdxData, read_idx, write_idx
 from descent.errors import DescentError
 from descent.model import Classifier, Diverged
@@ -41,6 +41,8 @@ BAD_SETTINGS = [
     ("model=mlp", "seed=abc", "seed='abc' is not allowed: give a whole number"),
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
     ("model=mlp", "monitor=test/acc", "monitor='test/acc' is not allowed"),
+    ("model=mlp", "+trainer.limit_val_batches=0.5", "trainer.limit_val_batches=0.5 is not allowed: Lightning sees"),
+    ("model=mlp", "+trainer.limit_train_batches=10", "trainer.limit_train_batches=10 is not allowed"),
 ]
 
 
@@ -335,7 +337,7 @@ def test_a_checkpoint_saved_in_the_background_holds_the_weights_of_when_it_was_a
 
     replace = descent.checkpoints.replace
     monkeypatch.setattr(descent.checkpoints, "replace", replace_later)
-    io = saved_in_the_background()
+    io = BackgroundCheckpointIO()
     weight = torch.ones(3)
     io.save_checkpoint({"state_dict": {"w": weight}, "epoch": 1}, tmp_path / "last.ckpt")
     weight.sub_(5.0)  # an optimizer step
@@ -348,7 +350,7 @@ def test_a_checkpoint_saved_in_the_background_holds_the_weights_of_when_it_was_a
 def test_a_checkpoint_write_that_fails_in_the_background_is_raised_by_the_time_fit_ends(tmp_path: Path) -> None:
     """At the latest by `teardown`; already by the save itself when the thread failed before it returned."""
     (tmp_path / "a file").write_text("not a directory")
-    io = saved_in_the_background()
+    io = BackgroundCheckpointIO()
     with pytest.raises(OSError, match="a file"):
         io.save_checkpoint({"state_dict": {}, "epoch": 1}, tmp_path / "a file" / "last.ckpt")
         io.teardown()

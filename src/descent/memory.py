@@ -56,7 +56,9 @@ def mib(n: int) -> str:
 def estimate(
     data_bytes: int, net: nn.Module, optimizer: str, momentum: float, budget_bytes: int, dtype_bytes: int = 4
 ) -> MemoryPlan:
-    """Estimates for an MLP: autograd keeps each layer's input and output for the backward pass."""
+    """Estimates for an MLP, on the safe side: 3 tensors per hidden unit and sample for what autograd keeps for the
+    backward pass. Fewer are kept (with ReLU in place the linear output and the activation are one tensor), so a
+    chunk sized to a budget is smaller than it need be, never larger."""
     parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     states = OPTIMIZER_STATE_PER_PARAMETER.get(optimizer, 2) + (optimizer == "SGD" and momentum > 0)
     widths = [layer.in_features for layer in net.modules() if isinstance(layer, nn.Linear)]

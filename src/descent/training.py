@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from descent.checkpoints import AtomicCheckpointIO, check_fits, saved_in_the_background
+from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits
 from descent.data import EVAL_SETS, ImageData, is_sample_count
 from descent.errors import is_number, is_whole, require
 from descent.files import replace_text
@@ -89,6 +89,14 @@ def check_config(cfg: DictConfig) -> None:
         f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
         "device reports as free",
     )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = cfg.trainer.get(key)
+        require(
+            value is None or (is_number(value) and value == 1),
+            f"trainer.{key}={value!r} is not allowed: Lightning sees each epoch and each evaluated set as one batch "
+            "(the model steps through their chunks), so only all of it (1.0) works; shorten a run with max_epochs, "
+            "evaluate less often with trainer.check_val_every_n_epoch",
+        )
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
         require(
@@ -137,7 +145,7 @@ def build_trainer(
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
-    plugins = [saved_in_the_background()]
+    plugins = [BackgroundCheckpointIO()]
     return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], plugins=plugins, **overrides)
 
 
