@@ -79,8 +79,8 @@ def mlp(input_size: int, hidden: Sequence[int], num_classes: int, activation: st
     """Linear layers of the given widths with an activation (and dropout, if any) between them; logits out."""
     layers: list[nn.Module] = []
     for n_in, n_out in zip([input_size, *hidden], hidden, strict=False):
-        # ReLU in place: nothing else reads the linear layer's output (its backward needs only its input), and the
-        # evaluation's forward passes run about 4% faster without writing a copy of every activation.
+        # ReLU in place: nothing else reads the linear layer's output (its backward needs only its input), and a
+        # forward pass without a copy of every activation ran 3% faster, timed alone on 2 CPU cores.
         f = nn.ReLU(inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
         layers += [nn.Linear(n_in, n_out), f]
         if dropout > 0:
