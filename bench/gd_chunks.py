@@ -37,10 +37,10 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def plain_full_batch_epochs(x: torch.Tensor, y: torch.Tensor, epochs: int) -> list[float]:
     """The textbook step: one forward and backward over all N samples, one optimizer step."""
-    from descent.model import mlp
+    from descent.nets import MLP
 
     torch.manual_seed(SEED)
-    net = mlp(FEATURES, HIDDEN, CLASSES, "relu", 0.0)
+    net = MLP((FEATURES,), CLASSES, HIDDEN, "relu", 0.0)
     optimizer = torch.optim.SGD(net.parameters(), lr=LR)
     seconds = []
     for _ in range(epochs):
@@ -56,8 +56,10 @@ def descent_gd_epochs(x: torch.Tensor, y: torch.Tensor, epochs: int, chunk_size:
     """descent's exact GD: the step accumulated over chunks through Lightning, one optimizer step an epoch."""
     import lightning
 
-    from descent.data import Batches, OnePass
-    from descent.model import Classifier
+    from descent.data import Plan, Tensors
+    from descent.data.base import Steps
+    from descent.module import Classifier
+    from descent.nets import MLP
 
     class EpochTimer(lightning.Callback):
         def __init__(self) -> None:
@@ -70,13 +72,13 @@ def descent_gd_epochs(x: torch.Tensor, y: torch.Tensor, epochs: int, chunk_size:
             self.seconds.append(time.perf_counter() - self.start)
 
     torch.manual_seed(SEED)
-    model = Classifier(FEATURES, CLASSES, HIDDEN, optimizer=lambda params: torch.optim.SGD(params, lr=LR))
+    model = Classifier(MLP((FEATURES,), CLASSES, HIDDEN), optimizer=lambda params: torch.optim.SGD(params, lr=LR))
     timer = EpochTimer()
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
     )  # fmt: skip
-    trainer.fit(model, train_dataloaders=OnePass(Batches(x, y, N, chunk_size, seed=SEED)))
+    trainer.fit(model, train_dataloaders=Steps(Plan(N, N, chunk_size, seed=SEED), Tensors(x), y))
     assert trainer.global_step == epochs  # one step an epoch, whatever the chunk size
     return timer.seconds
 
@@ -85,7 +87,7 @@ def measure(variant: str, chunk_size: int, threads: int, epochs: int, queue: Any
     torch.set_num_threads(threads)
     import lightning  # noqa: F401  imported before the baseline, so that its memory is not counted as training's
 
-    import descent.model  # noqa: F401
+    import descent.module  # noqa: F401
 
     x, y = data()
     baseline = rss_bytes()

@@ -49,7 +49,9 @@ def prepare(directory: Path) -> None:
         print(f"writing a full-size synthetic Imagenet32 into {directory} (once; a few minutes)", flush=True)
         bench = Path(__file__).parent
         subprocess.run([sys.executable, bench / "make_imagenet.py", "--out", directory], check=True)
-    code = f"from descent.imagenet import Cache; Cache.prepare(__import__('pathlib').Path({str(directory)!r}), 32)"
+    code = (
+        f"from descent.data.npz_cache import Cache; Cache.prepare(__import__('pathlib').Path({str(directory)!r}), 32)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -57,8 +59,8 @@ def data_path_round(chunks, n_steps: int) -> float:
     """Samples per second of the training iterable alone, over n_steps steps."""
     start = time.perf_counter()
     for _ in range(n_steps):
-        chunk = next(chunks)
-        float(chunk.x[0, 0])  # the normalised chunk exists (on the CPU this is already so)
+        (chunk,) = next(chunks)  # a step of one chunk (chunk_size = B)
+        float(chunk.x[0, 0, 0, 0])  # the normalised chunk exists (on the CPU this is already so)
     return n_steps * B / (time.perf_counter() - start)
 
 
@@ -81,27 +83,27 @@ def main() -> None:
     prepare(args.dir)
     torch.set_num_threads(args.threads)
 
-    from descent.imagenet import DownsampledImageNet
-    from descent.model import mlp
+    from descent.data.downsampled import DownsampledImageNet
+    from descent.nets import MLP
 
     data = DownsampledImageNet(str(args.dir), batch_size=B, chunk_size=B, val_size=10_000, seed=0)
     data.setup("fit")
     file_bytes = (args.dir / "cache" / "imagenet32" / "train_x.u8").stat().st_size
-    print(
-        f"data: {data.cache.header['num_train']:,} x {data.input_size} uint8 = {file_bytes / 1e9:.2f} GB memory-mapped"
-    )
-    chunks = iter(data.train_dataloader().chunks)
+    inputs = 3 * 32 * 32
+    header = data.sets["train"][0].cache.header
+    print(f"data: {header['num_train']:,} x {inputs} uint8 = {file_bytes / 1e9:.2f} GB memory-mapped")
+    chunks = iter(data.train_dataloader())
     torch.manual_seed(0)
-    net = mlp(data.input_size, HIDDEN, CLASSES, "relu", 0.0)
+    net = MLP(data.input_shape, CLASSES, HIDDEN, "relu", 0.0)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    x, y = torch.randn(B, data.input_size), torch.randint(CLASSES, (B,))
+    x, y = torch.randn(B, *data.input_shape), torch.randint(CLASSES, (B,))
     data_path_round(chunks, 5), step_round(net, optimizer, x, y, 2)  # warm-up
     data_rates, step_rates = [], []
     for _ in range(args.rounds):
         data_rates.append(data_path_round(chunks, STEPS_PER_ROUND * 10))
         step_rates.append(step_round(net, optimizer, x, y, STEPS_PER_ROUND))
     data_rate, step_rate = statistics.median(data_rates), statistics.median(step_rates)
-    print(f"MLP {data.input_size}-{'-'.join(map(str, HIDDEN))}-{CLASSES}, B={B}, CPU, {args.threads} threads; "
+    print(f"MLP {inputs}-{'-'.join(map(str, HIDDEN))}-{CLASSES}, B={B}, CPU, {args.threads} threads; "
           f"median of {args.rounds} interleaved rounds")  # fmt: skip
     print(f"  data path (gather from memmap + normalise): {data_rate:>10,.0f} samples/s")
     print(f"  training step (forward + backward + SGD):   {step_rate:>10,.0f} samples/s")
@@ -110,8 +112,8 @@ def main() -> None:
     n_epoch = int(args.epoch_fraction * data.num_train) // B
     chunks.close()  # stops its prefetch thread
     start = time.perf_counter()
-    for _, chunk in zip(range(n_epoch), data.train_dataloader().chunks, strict=False):
-        del chunk
+    for _, step in zip(range(n_epoch), data.train_dataloader(), strict=False):
+        del step
     seconds = time.perf_counter() - start
     print(f"  data path over {n_epoch * B:,} samples ({args.epoch_fraction:g} epoch): {n_epoch * B / seconds:,.0f} "
           f"samples/s; RSS {gib(rss_before)} before, {gib(rss_bytes())} after")  # fmt: skip

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, python
-from test_gd_exact import EXACT, assert_same, reference_step, trained_step
+from helpers import EXACT, assert_same, reference_step, run, trained_step
 from torch import nn
 
 from descent.backprop import ACTIVATION_DERIVATIVES, backpropagate
 from descent.errors import DescentError
-from descent.model import ACTIVATIONS, Classifier, mlp
+from descent.module import Classifier
+from descent.nets import ACTIVATIONS, MLP
 from descent.training import train
 
 RELATIVE = 1e-10
@@ -42,7 +42,7 @@ def problem(hidden: list[int], activation: str, dropout: float = 0.0, n: int = 3
     """A float64 MLP (20 inputs, 6 classes) at its initialisation, with a random chunk of n samples."""
     generator = torch.Generator().manual_seed(len(hidden) * 100 + sum(hidden))
     torch.manual_seed(0)
-    net = mlp(20, hidden, 6, activation, dropout).double()
+    net = MLP((20,), 6, hidden, activation, dropout).double()
     x = torch.randn(n, 20, generator=generator, dtype=torch.float64)
     y = torch.randint(6, (n,), generator=generator)
     return net, x, y
@@ -96,14 +96,29 @@ def test_a_layer_without_a_backward_pass_is_refused_by_name() -> None:
 
 def test_an_unknown_backprop_is_refused() -> None:
     with pytest.raises(DescentError, match="^model.backprop='nope' is not one of autograd, manual$"):
-        Classifier(784, 10, backprop="nope")
+        Classifier(MLP((784,), 10), backprop="nope")
+
+
+def test_manual_backprop_refuses_a_network_that_is_not_an_mlp() -> None:
+    from descent.nets import LeNet
+
+    with pytest.raises(DescentError, match="model.backprop=manual supports only MLPs .* not LeNet: use model.backprop"):
+        Classifier(LeNet((1, 28, 28), 10), backprop="manual")
+
+
+@pytest.mark.slow
+def test_manual_backprop_with_the_cnn_on_the_command_line_is_one_line_before_data(tmp_path: Path) -> None:
+    done = run_train("model=cnn", "model.backprop=manual", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: model.backprop=manual supports only MLPs")
 
 
 TRAININGS = {
     "gd": ["optimizer=gd"],
     "gd in chunks of 99": ["optimizer=gd", "chunk_size=99"],
     "sgd": ["optimizer=sgd", "batch_size=64"],
-    "sgd with dropout": ["optimizer=sgd", "batch_size=100", "model.dropout=0.5"],
+    "sgd with dropout": ["optimizer=sgd", "batch_size=100", "model.net.dropout=0.5"],
 }
 
 
@@ -128,7 +143,7 @@ def test_one_manual_gd_step_in_chunks_equals_one_autograd_step_on_all_the_data(m
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python(), "src/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run("src/train.py", *args)
 
 
 @pytest.mark.slow
@@ -161,8 +176,8 @@ def test_one_manual_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_th
     """DDP's hooks see no autograd backward here: the module averages the ranks' gradients itself."""
     run_dir = tmp_path / "ddp"
     done = run_train(
-        "trainer=ddp_cpu", *EXACT, "chunk_size=33", "model.backprop=manual", "data.val_size=100", "model.hidden=[32]",
-        f"data.data_dir={idx_dir}", "data.download=false", f"hydra.run.dir={run_dir}",
+        "trainer=ddp_cpu", *EXACT, "chunk_size=33", "model.backprop=manual", "data.val_size=100",
+        "model.net.hidden=[32]", f"data.data_dir={idx_dir}", "data.download=false", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_same(trained_step(run_dir), reference_step(make_cfg))

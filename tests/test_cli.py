@@ -1,35 +1,12 @@
 """The commands of the README, run as a user runs them: subprocesses of src/train.py and src/eval.py."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, python
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import events, run, scalars, small
 
 pytestmark = pytest.mark.slow
-
-
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([python(), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def small(idx_dir: Path) -> list[str]:
-    """Appended to a README command: the tiny test files instead of MNIST, and a small network."""
-    return [
-        f"data.data_dir={idx_dir}",
-        "data.download=false",
-        "data.val_size=100",
-        "model.hidden=[32]",
-        "max_epochs=2",
-    ]
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_path: Path) -> None:
@@ -43,9 +20,7 @@ def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_
             assert series[f"{stage}/{kind}"] == pytest.approx(expected, rel=1e-6)  # events hold float32
     assert series["gap/loss"] == pytest.approx([row["gap/loss"] for row in metrics["history"]])
     assert series["progress/steps"] == [8, 16]
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    assert [event.step for event in events.Scalars("test/error")] == [1, 2]  # the x-axis is the epoch k
+    assert [event.step for event in events(tmp_path).Scalars("test/error")] == [1, 2]  # the x-axis is the epoch k
     assert "final (epoch 2)" in done.stderr + done.stdout
 
 

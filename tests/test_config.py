@@ -5,16 +5,17 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from conftest import CONF
+from helpers import CONF
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from descent.config import check_config
 from descent.data import ImageData
 from descent.errors import DescentError
-from descent.model import Classifier
-from descent.training import build, check_config
+from descent.module import Classifier
+from descent.training import build
 
 
 def options(group: str) -> list[str]:
@@ -39,8 +40,10 @@ def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path)
         cfg.data.system_dir = None
     module, model = build(cfg)
     assert isinstance(module, ImageData) and isinstance(model, Classifier)
-    x, y = module.sets["train"]
-    assert x.shape[1] == model.hparams.input_size == 784
+    images, y = module.sets["train"]
+    x = images.x
+    assert x.shape[1:] == module.input_shape == (1, 28, 28)
+    assert model.net[0].in_features == 784
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2  # normalised once, on the train split
 
@@ -105,7 +108,7 @@ def test_method_options_set_optimizer_batch_size_and_rate(make_cfg, method: str)
 def test_gd_vs_sgd_experiment_composes_and_sweeps_known_methods(make_cfg) -> None:
     cfg = make_cfg("experiment=gd_vs_sgd")
     check_config(cfg)
-    assert cfg.data._target_ == "descent.data.IdxData"
+    assert cfg.data._target_ == "descent.data.idx.IdxData"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose("train", overrides=["experiment=gd_vs_sgd"], return_hydra_config=True).hydra
     swept = hydra_cfg.sweeper.params.method.split(",")
@@ -144,8 +147,8 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
     # As the user's command composes it, before the test's small overrides: seed and settings come from the file.
     assert composed.seed == 0
     assert composed.data.dataset == recipe["dataset"]
-    assert list(composed.model.hidden) == recipe["hidden"]
-    assert composed.model.activation == "relu" and composed.model.dropout == recipe["dropout"]
+    assert list(composed.model.net.hidden) == recipe["hidden"]
+    assert composed.model.net.activation == "relu" and composed.model.net.dropout == recipe["dropout"]
     assert composed.optimizer._target_ == "torch.optim.SGD"
     assert {key: composed.optimizer[key] for key in recipe["optimizer"]} == recipe["optimizer"]
     if recipe["scheduler"] is None:
@@ -156,7 +159,7 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
     assert composed.full_batch == (recipe["batch_size"] == "full")
 
     # And it builds on the test's small files, with the real widths (the test's overrides would set model.hidden).
-    cfg = make_cfg(f"experiment={experiment}", f"model.hidden={recipe['hidden']}")
+    cfg = make_cfg(f"experiment={experiment}", f"model.net.hidden={recipe['hidden']}")
     if "system_dir" in cfg.data:  # the test's own files, not the system's
         cfg.data.system_dir = None
     check_config(cfg)
@@ -170,19 +173,31 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
         assert isinstance(configured["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
+SEARCHED_NETWORK = {
+    "mlp": ({"hidden_width": "64"}, {"hidden": [64, 64]}),
+    "cnn": ({"conv_channels": "8", "linear_width": "60"}, {"channels": [6, 8], "hidden": [60, 84]}),
+}
+"""Per network: what a search varies (a value a trial may take), and what that makes of `model.net`."""
+
+
 @pytest.mark.parametrize("search", options("hparams_search"))
-def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str) -> None:
-    cfg = make_cfg(f"hparams_search={search}", "data=synthetic")
+@pytest.mark.parametrize("model", options("model"))
+def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str, model: str) -> None:
+    trial, expected = SEARCHED_NETWORK[model]
+    cfg = make_cfg(f"hparams_search={search}", f"model={model}", "data=synthetic")
     check_config(cfg)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        composed = compose("train", overrides=[f"hparams_search={search}", "hidden_width=64"], return_hydra_config=True)
+        overrides = [f"hparams_search={search}", f"model={model}", *(f"{k}={v}" for k, v in trial.items())]
+        composed = compose("train", overrides=overrides, return_hydra_config=True)
     hydra_cfg = composed.hydra
     assert "Optuna" in hydra_cfg.sweeper._target_
     searched = set(hydra_cfg.sweeper.params)
-    assert searched == {"optimizer.lr", "batch_size", "hidden_width", "optimizer.weight_decay"}
+    assert searched == {"optimizer.lr", "batch_size", "optimizer.weight_decay", *trial}
     for key in searched:  # a key missing from the config would fail every trial
         assert OmegaConf.select(cfg, key) is not None
-    assert OmegaConf.to_container(composed.model.hidden, resolve=True) == [64, 64]  # the width reaches the model
+    net = OmegaConf.to_container(composed.model.net, resolve=True)
+    assert {key: net[key] for key in expected} == expected  # the trial's values reach the network
+    build(cfg)
 
 
 def test_monitor_must_be_a_figure_to_minimise(make_cfg) -> None:
@@ -195,3 +210,49 @@ def test_image_every_n_epochs_must_be_a_whole_number(make_cfg) -> None:
         instantiate(make_cfg("logger.image_every_n_epochs=-1").logger)
     assert isinstance(raised.value.__cause__, DescentError)
     assert "logger.image_every_n_epochs=-1 is not allowed" in str(raised.value.__cause__)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_options_build_their_network_for_the_data_shape(make_cfg, model: str) -> None:
+    cfg = make_cfg(f"model={model}", "data=synthetic", "data.image_shape=[1,28,28]")
+    check_config(cfg)
+    data, built = build(cfg)
+    assert isinstance(built, Classifier)
+    logits = built(data.sets["test"][0].x[:5])
+    assert logits.shape == (5, data.num_classes)
+
+
+def test_a_network_setting_it_does_not_take_is_refused_before_data(make_cfg) -> None:
+    cfg = make_cfg("model=cnn", "+model.net.dropout=0.5", "data.data_dir=/nonexistent")
+    message = r"model.net: got an unexpected keyword argument 'dropout' \(descent.nets.LeNet takes"
+    with pytest.raises(DescentError, match=message):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_callbacks_options_instantiate_lightning_callbacks(make_cfg, callbacks: str) -> None:
+    from descent.training import build_trainer
+
+    cfg = make_cfg(f"callbacks={callbacks}")
+    trainer = build_trainer(cfg, Path(cfg.run_dir))
+    names = {type(callback).__name__ for callback in trainer.callbacks}
+    expected = {"none": set(), "early_stopping": {"EarlyStopping"}, "lr_monitor": {"LearningRateMonitor"}}
+    assert expected[callbacks] <= names
+    if callbacks == "early_stopping":
+        (stopping,) = [c for c in trainer.callbacks if type(c).__name__ == "EarlyStopping"]
+        assert stopping.monitor == cfg.monitor
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+def test_debug_options_set_lightnings_flags(make_cfg, debug: str) -> None:
+    from descent.training import build_trainer
+
+    cfg = make_cfg(f"debug={debug}")
+    check_config(cfg)
+    trainer = build_trainer(cfg, Path(cfg.run_dir))
+    if debug == "fast":
+        assert trainer.fast_dev_run is True
+    elif debug == "overfit":
+        assert trainer.overfit_batches == 10
+    else:
+        assert type(trainer.profiler).__name__ == "SimpleProfiler"

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import CONF, FASHION_MNIST
+from helpers import CONF, FASHION_MNIST
 from hydra import compose, initialize_config_dir
 
 from descent.training import train

@@ -1,8 +1,6 @@
 """ImageNet-scale data on small generated files through the real loading code; DDP's shares; multirun with DDP."""
 
-import importlib.util
 import json
-import os
 import pickle
 import subprocess
 from collections import Counter
@@ -11,28 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF, ROOT, python
+from helpers import CONF, ROOT, environment, run
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from descent.data import Batches
+from descent.data import Plan
+from descent.data.npz_cache import release_files
+from descent.data.synthetic import write_image_folder, write_npz_set
 from descent.errors import DescentError
-from descent.imagenet import release_files
 from descent.training import build, train
 
-spec = importlib.util.spec_from_file_location("make_imagenet", ROOT / "bench" / "make_imagenet.py")
-make_imagenet = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_imagenet)
-
 TRAIN, TEST, CLASSES, VAL_SIZE = 600, 200, 10, 100
-TINY = ["trainer=cpu", "model.hidden=[32]", "max_epochs=2", "logger=none", f"data.val_size={VAL_SIZE}"]
+TINY = ["trainer=cpu", "model.net.hidden=[32]", "max_epochs=2", "logger=none", f"data.val_size={VAL_SIZE}"]
 
 
 @pytest.fixture(scope="session")
 def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Imagenet32-format .npz files: 600 training, 200 validation images of 10 classes."""
     directory = tmp_path_factory.mktemp("imagenet32")
-    make_imagenet.write_npz_set(directory, TRAIN, TEST, 32, CLASSES)
+    write_npz_set(directory, TRAIN, TEST, 32, CLASSES)
     return directory
 
 
@@ -66,8 +61,8 @@ def test_an_epoch_says_how_many_steps_it_takes(imagenet32_dir: Path, tmp_path: P
     """The model reads the loss at the epoch's last step by this count (every 32 steps off the CPU)."""
     overrides = (f"optimizer={optimizer}", "batch_size=64", "chunk_size=64")
     data, _ = build(compose_cfg(*overrides, data_dir=imagenet32_dir, run_dir=tmp_path))
-    epoch = data.train_dataloader().chunks
-    assert epoch.steps == steps == sum(chunk.ends_step for chunk in epoch)
+    epoch = data.train_dataloader()
+    assert len(epoch) == steps == len(list(epoch))
 
 
 def test_gd_on_imagenet32_takes_one_exact_step_per_epoch_in_chunks(imagenet32_dir: Path, tmp_path: Path) -> None:
@@ -79,27 +74,27 @@ def test_gd_on_imagenet32_takes_one_exact_step_per_epoch_in_chunks(imagenet32_di
 def test_gd_step_from_the_memmap_equals_one_step_on_all_the_data(imagenet32_dir: Path, tmp_path: Path) -> None:
     """The chunks of a GD epoch, gathered from the cache and normalised on the device, are the whole split."""
     data, _ = build(compose_cfg("optimizer=gd", "chunk_size=64", data_dir=imagenet32_dir, run_dir=tmp_path))
-    chunks = list(data.train_dataloader().chunks)
-    assert len(chunks) == -(-(TRAIN - VAL_SIZE) // 64) and [c.ends_step for c in chunks].count(True) == 1
+    (chunks,) = list(data.train_dataloader())  # one step
+    assert len(chunks) == -(-(TRAIN - VAL_SIZE) // 64)
     assert {c.loss_divisor for c in chunks} == {TRAIN - VAL_SIZE}
     x = torch.cat([c.x for c in chunks])
     raw = np.concatenate([np.load(path)["data"] for path in release_files(imagenet32_dir)[0]])
-    _, train_rows = data._split(TRAIN)
-    header = data.cache.header
+    train_rows = torch.randperm(TRAIN, generator=torch.Generator().manual_seed(0))[VAL_SIZE:]  # split_seed=0
+    header = data.sets["train"][0].cache.header
     expected = torch.from_numpy(raw[train_rows]).float().reshape(-1, 3, 1024) - torch.tensor(header["mean"])[:, None]
     expected /= torch.tensor(header["std"])[:, None]
-    torch.testing.assert_close(x, expected.reshape(-1, 3072))
+    torch.testing.assert_close(x, expected.reshape(-1, 3, 32, 32))
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
 
 
 def test_each_rank_draws_its_own_share_and_together_every_sample_once(imagenet32_dir: Path, tmp_path: Path) -> None:
     data, _ = build(compose_cfg("batch_size=50", data_dir=imagenet32_dir, run_dir=tmp_path))
-    x, y = data.splits["train"]
+    _, y = data.sets["train"]
     seen = Counter()
     for rank in range(2):
-        batches = Batches(x, y, 50, 64, seed=0, rank=rank, world_size=2)  # type: ignore[arg-type]
-        for chunk in batches:
-            seen.update(chunk.y.tolist())
+        for step in Plan(len(y), 50, 64, seed=0, rank=rank, world_size=2):
+            for index, _ in step:
+                seen.update(y[index].tolist())
     assert seen == Counter(y.tolist())
 
 
@@ -129,10 +124,11 @@ def test_a_cache_without_its_header_is_converted_again(imagenet32_dir: Path, tmp
 def test_the_data_module_pickles_without_its_images(imagenet32_dir: Path, tmp_path: Path) -> None:
     """ddp_spawn and submitit pickle it: the memory map is reopened on the other side, never copied."""
     data, _ = build(compose_cfg(data_dir=imagenet32_dir, run_dir=tmp_path))
-    next(iter(data.train_dataloader().chunks))  # maps the file
+    next(iter(data.train_dataloader()))  # maps the file
     copy = pickle.loads(pickle.dumps(data))
     assert len(pickle.dumps(data)) < TRAIN * 3072 / 4
-    torch.testing.assert_close(copy.sets["test"][0][0:5], data.sets["test"][0][0:5])
+    first = [next(images.read([slice(0, 5)])) for images in (copy.sets["test"][0], data.sets["test"][0])]
+    torch.testing.assert_close(*first)
 
 
 def test_a_pickled_release_file_is_refused_with_the_conversion(tmp_path: Path) -> None:
@@ -177,9 +173,7 @@ def test_missing_files_name_the_directory(tmp_path: Path) -> None:
 
 
 def run_train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [python(), "src/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
-    )
+    return run("src/train.py", *args, env=env)
 
 
 @pytest.mark.slow
@@ -215,7 +209,7 @@ def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(
     target = {"idx": "recording_data.RecordingIdx", "imagenet32": "recording_data.RecordingImageNet"}[data]
     data_args = [f"data.data_dir={idx_dir}", "data.download=false"] if data == "idx" else ["data=imagenet32"]
     data_args += [f"data.data_dir={imagenet32_dir}"] if data == "imagenet32" else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = environment(PYTHONPATH=str(ROOT / "tests"))
     done = run_train(
         "trainer=ddp_cpu", *data_args, f"data._target_={target}", f"+data.record_dir={tmp_path / 'record'}",
         "batch_size=64", *TINY[1:], f"hydra.run.dir={tmp_path / 'run'}", env=env,
@@ -237,10 +231,9 @@ def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(
 
 @pytest.mark.slow
 def test_a_two_job_multirun_with_ddp_cpu_leaves_exactly_two_run_dirs(idx_dir: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [python(), str(ROOT / "src" / "train.py"), "-m", "trainer=ddp_cpu", "seed=0,1", f"data.data_dir={idx_dir}",
-         "data.download=false", *TINY[1:], "max_epochs=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    done = run(
+        str(ROOT / "src" / "train.py"), "-m", "trainer=ddp_cpu", "seed=0,1", f"data.data_dir={idx_dir}",
+        "data.download=false", *TINY[1:], "max_epochs=1", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -256,7 +249,7 @@ def test_a_two_job_multirun_with_ddp_cpu_leaves_exactly_two_run_dirs(idx_dir: Pa
 def folder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ImageNet-style folder: 3 classes, 12 training and 4 validation PNGs (24x24) each."""
     directory = tmp_path_factory.mktemp("folder")
-    make_imagenet.write_image_folder(directory, 12, 4, 24, 3)
+    write_image_folder(directory, 12, 4, 24, 3)
     return directory
 
 
@@ -271,13 +264,12 @@ def folder_cfg(*overrides: str, data_dir: Path, run_dir: Path) -> DictConfig:
 def test_an_image_folder_trains_with_sgd_and_gd(folder_dir: Path, tmp_path: Path, optimizer: str) -> None:
     cfg = folder_cfg(f"optimizer={optimizer}", "batch_size=8", "chunk_size=8", data_dir=folder_dir, run_dir=tmp_path)
     data, model = build(cfg)
-    assert data.input_size == model.hparams.input_size == 3 * 16 * 16 and data.class_names == [
-        "class_000", "class_001", "class_002"
-    ]  # fmt: skip
-    epoch = data.train_dataloader().chunks
-    chunks = list(epoch)
-    assert sum(len(chunk.y) for chunk in chunks) == 36 - 6
-    assert [chunk.ends_step for chunk in chunks].count(True) == epoch.steps == (1 if optimizer == "gd" else 4)
+    assert data.input_shape == (3, 16, 16) and model.net[0].in_features == 3 * 16 * 16
+    assert data.class_names == ["class_000", "class_001", "class_002"]
+    steps = list(data.train_dataloader())
+    assert sum(len(chunk.y) for step in steps for chunk in step) == 36 - 6
+    assert all(chunk.x.shape[1:] == (3, 16, 16) for step in steps for chunk in step)
+    assert len(steps) == len(data.train_dataloader()) == (1 if optimizer == "gd" else 4)
     result = train(cfg)
     assert [row["progress/samples"] for row in result["history"]] == [30, 60]
     assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]

@@ -3,19 +3,14 @@
 import json
 import shutil
 import struct
-import subprocess
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, python
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import points as events
+from helpers import run
 
 pytestmark = pytest.mark.slow
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python(), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +26,13 @@ def sweep(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"data.data_dir={idx_dir}",
         "data.download=false",
         "data.val_size=100",
-        "model.hidden=[32]",
+        "model.net.hidden=[32]",
         "max_epochs=3",
         "trainer=cpu",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert done.returncode == 0, done.stderr
     return sweep_dir
-
-
-def events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """(epoch, value) points of every scalar tag, read independently of descent.report."""
-    accumulator = EventAccumulator(str(run_dir))
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def table_rows(markdown: str) -> list[list[str]]:

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_cli import run, scalars, small
+from helpers import run, scalars, small
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_an_optuna_search_of_3_trials_completes(tmp_path: Path) -> None:
         assert searched <= {key for key, value in row.items() if value}
         config = (tmp_path / row["run"] / "config.yaml").read_text()
         width = row["hidden_width"]
-        assert f"hidden:\n  - {width}\n  - {width}\n" in config  # the searched width reaches the model
+        assert f"    hidden:\n    - {width}\n    - {width}\n" in config  # the searched width reaches the model
     results = (tmp_path / "optimization_results.yaml").read_text()
     best = min(float(row["best val/error"]) for row in runs)
     assert f"best_value: {best}" in results

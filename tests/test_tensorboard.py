@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, IMAGES, EventAccumulator
+from helpers import events as read_events
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -19,15 +19,9 @@ from descent.tensorboard import confusion_matrix
 from descent.training import train
 
 
-def read(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return events
-
-
 def test_hparams_tab_lists_the_settings_with_real_final_and_best_figures(make_cfg, tmp_path: Path) -> None:
     result = train(make_cfg("optimizer=momentum", "batch_size=50", "seed=3"))
-    events = read(tmp_path / "run")
+    events = read_events(tmp_path / "run")
     plugin = {
         tag: plugin_data_pb2.HParamsPluginData.FromString(content)
         for tag, content in events.PluginTagToContent("hparams").items()
@@ -36,7 +30,9 @@ def test_hparams_tab_lists_the_settings_with_real_final_and_best_figures(make_cf
     assert session.hparams["optimizer"].string_value == "sgd"
     assert session.hparams["momentum"].number_value == pytest.approx(0.9)
     assert session.hparams["batch_size"].number_value == 50
-    assert session.hparams["hidden"].string_value == "[32]"
+    assert session.hparams["net"].string_value == "MLP"
+    assert session.hparams["net.hidden"].string_value == "[32]"
+    assert session.hparams["net.activation"].string_value == "relu"
     assert session.hparams["seed"].number_value == 3
     assert session.hparams["data"].string_value == "MNIST"
     experiment = next(data.experiment for tag, data in plugin.items() if tag.endswith("experiment"))
@@ -51,7 +47,7 @@ def test_hparams_tab_lists_the_settings_with_real_final_and_best_figures(make_cf
 
 def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path) -> None:
     train(make_cfg("max_epochs=1"))
-    events = read(tmp_path / "run")
+    events = read_events(tmp_path / "run")
     (tag,) = events.PluginTagToContent("custom_scalars")
     layout = layout_pb2.Layout.FromString(events.Tensors(tag)[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
@@ -63,8 +59,7 @@ def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path
 
 def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(make_cfg, tmp_path: Path) -> None:
     train(make_cfg("max_epochs=3", "logger.image_every_n_epochs=2"))
-    events = EventAccumulator(str(tmp_path / "run"), size_guidance={IMAGES: 0})
-    events.Reload()
+    events = read_events(tmp_path / "run", images=0)
     grids = events.Images("misclassified test images")
     assert [image.step for image in grids] == [2, 3]  # every 2 epochs, and the last
     (matrix,) = events.Images("confusion matrix (test)")
@@ -76,18 +71,17 @@ def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(m
 
 def test_no_images_when_switched_off(make_cfg, tmp_path: Path) -> None:
     train(make_cfg("max_epochs=1", "logger.image_every_n_epochs=0"))
-    assert read(tmp_path / "run").Tags()["images"] == ["confusion matrix (test)"]
+    assert read_events(tmp_path / "run").Tags()["images"] == ["confusion matrix (test)"]
 
 
 def test_weight_and_gradient_histograms_per_layer_when_asked(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg("logger.histograms=true", "model.hidden=[16,8]"))
-    histograms = read(tmp_path / "run").Tags()["histograms"]
+    train(make_cfg("logger.histograms=true", "model.net.hidden=[16,8]"))
+    histograms = read_events(tmp_path / "run").Tags()["histograms"]
     for kind in ("weights", "gradients"):
         for layer in ("0", "2", "4"):  # the Linear layers of nn.Sequential
             for name in ("weight", "bias"):
                 assert f"{kind}/{layer}.{name}" in histograms
-    events = EventAccumulator(str(tmp_path / "run"), size_guidance={HISTOGRAMS: 0})
-    events.Reload()
+    events = read_events(tmp_path / "run", histograms=0)
     gradients = events.Histograms("gradients/0.weight")
     assert [event.step for event in gradients] == [1, 2]
     # A real gradient: spread over many values, not a constant, and changing between epochs.

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from descent.data import IdxData
-from descent.model import mlp
+from descent.data.idx import IdxData
+from descent.nets import MLP
 from descent.training import train
 
 N_TRAIN = 500  # the fixture's 600 training images less data.val_size=100
@@ -57,18 +57,18 @@ def test_sgd_learns_and_writes_metrics_checkpoints_and_config(make_cfg, tmp_path
 
 def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(make_cfg, tmp_path, idx_dir) -> None:
     """Not the running mean of minibatch losses: recompute them from last.ckpt, independently of the module."""
-    cfg = make_cfg("optimizer=sgd", "batch_size=16", "max_epochs=2", "model.dropout=0.5")
+    cfg = make_cfg("optimizer=sgd", "batch_size=16", "max_epochs=2", "model.net.dropout=0.5")
     final = train(cfg)["final"]
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    net = mlp(784, [32], 10, "relu", 0.5)
+    net = MLP((1, 28, 28), 10, [32], "relu", 0.5)
     net.load_state_dict({key.removeprefix("net."): value for key, value in state.items()})
     net.eval()
     data = IdxData(dataset="MNIST", data_dir=str(idx_dir), download=False, val_size=100)
     data.setup()
     for name in ("train", "val", "test"):
-        x, y = data.sets[name]
+        images, y = data.sets[name]
         with torch.no_grad():
-            logits = net(x)
+            logits = net(images.x)
         assert final[f"{name}/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
         assert final[f"{name}/error"] == pytest.approx((logits.argmax(1) != y).float().mean().item(), abs=1e-9)
 
@@ -97,10 +97,10 @@ def test_training_seconds_count_every_epoch_when_only_some_are_evaluated(make_cf
     import itertools
     import types
 
-    import descent.model
+    import descent.module
 
     # A clock that advances one second each time the model reads it: each epoch's training lasts exactly 1 s.
     ticks = itertools.count()
-    monkeypatch.setattr(descent.model, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(descent.module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     history = train(make_cfg("max_epochs=4", "trainer.check_val_every_n_epoch=2"))["history"]
     assert [(row["epoch"], row["time/train_s"]) for row in history] == [(2, 2.0), (4, 4.0)]

@@ -1,6 +1,6 @@
 """Backpropagation as the lecture writes it: each gradient a product of Jacobians, computed layer by layer by hand.
 
-The MLP of `descent.model.mlp` is z_l = a_{l-1} W_l^T + b_l, a_l = f(z_l) from a_0 = x to the logits a_L = z_L, and
+The MLP of `descent.nets.MLP` is z_l = a_{l-1} W_l^T + b_l, a_l = f(z_l) from a_0 = x to the logits a_L = z_L, and
 by the chain rule dL/dW_l = J_L(a_L) J_{a_L}(a_{L-1}) ... J_{a_l}(W_l), and the same for b_l. The row vector `delta`,
 the gradient of L with respect to the output of the layer being passed (delta_l = dL/dz_l at linear layer l), is
 carried down from the loss by one vector-Jacobian product per layer. Each product is written out for a whole chunk
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from descent.errors import DescentError
+from descent.errors import DescentError, require
 
 # f'(z) from the activation's output a = f(z), which the forward pass keeps. J_a(z) = diag(f'(z)) is diagonal, since
 # each unit's output depends on its own input only, so the vector-Jacobian product is an elementwise product.
@@ -22,6 +22,19 @@ ACTIVATION_DERIVATIVES: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
     nn.Tanh: lambda a: 1 - a * a,
     nn.Sigmoid: lambda a: a * (1 - a),
 }
+
+
+def check_mlp(net: nn.Module | type) -> None:
+    """model.backprop=manual knows the backward pass of an MLP's layers only: refuse any other network (or network
+    class, when the config is checked before anything is built) up front."""
+    from descent.nets import MLP
+
+    kind = net if isinstance(net, type) else type(net)
+    require(
+        issubclass(kind, MLP),
+        f"model.backprop=manual supports only MLPs (model=mlp: linear layers, relu/tanh/sigmoid, dropout), not "
+        f"{kind.__name__}: use model.backprop=autograd for other networks",
+    )
 
 
 def backpropagate(net: nn.Sequential, x: Tensor, y: Tensor, loss_divisor: float) -> Tensor:
@@ -46,7 +59,7 @@ def backpropagate(net: nn.Sequential, x: Tensor, y: Tensor, loss_divisor: float)
 def forward(net: nn.Sequential, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     """The logits z = a_L, and what each layer's backward pass needs: a_{l-1} for a linear layer, a_l = f(z) for an
     activation, the scaled mask for dropout."""
-    a, kept = x, []
+    a, kept = x.flatten(1), []
     for layer in net:
         if isinstance(layer, nn.Linear):
             kept.append(a)  # a_{l-1}: J_{a_l}(W_l) is made of it

@@ -76,7 +76,7 @@ def check_fits(path: Path, model: torch.nn.Module, key: str = "ckpt_path") -> No
         not differences,
         f"{key}={path} was written by a different model ({'; '.join(differences[:4])}"
         f"{'; ...' if len(differences) > 4 else ''}): use the model settings it was trained with "
-        "(model.hidden, model.activation, data)",
+        "(model.net, data)",
     )
 
 

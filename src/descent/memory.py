@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from descent.errors import require
 
@@ -53,17 +53,56 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+PROBE_SAMPLES = (8, 16)
+"""The two probe chunks: their difference is the per-sample memory, without what a chunk keeps whatever its size."""
+
+
+def saved_bytes(module: nn.Module, input_shape: tuple[int, ...], n: int) -> int:
+    """The bytes autograd keeps for the backward pass of a chunk of `n` samples, measured.
+
+    Every tensor saved for backward during the forward pass and the loss is counted once (views of one tensor,
+    such as an MLP's flattened input, share their memory) and the parameters not, plus the logits and the input.
+    """
+    saved: dict[int, int] = {}
+    parameters = {p.data_ptr() for p in module.parameters()}  # saved too (a layer's backward needs its weight)
+
+    def pack(tensor: Tensor) -> Tensor:
+        if tensor.data_ptr() not in parameters:
+            saved[tensor.data_ptr()] = max(saved.get(tensor.data_ptr(), 0), tensor.numel() * tensor.element_size())
+        return tensor
+
+    parameter = next(module.parameters())
+    x = torch.zeros(n, *input_shape, dtype=parameter.dtype, device=parameter.device)
+    y = torch.zeros(n, dtype=torch.long, device=parameter.device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logits = module(x)
+        loss = module.loss(logits, y) if hasattr(module, "loss") else logits.sum()
+    del loss
+    return sum(saved.values()) + (0 if x.data_ptr() in saved else x.nbytes) + logits.nbytes
+
+
+def activation_bytes_per_sample(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Measured for any network, from two small probe chunks in training mode (dropout keeps its masks then)."""
+    was_training = module.training
+    module.train()
+    with torch.random.fork_rng(devices=[]):  # the probe's dropout draws leave the run's random stream alone
+        small, large = (saved_bytes(module, input_shape, n) for n in PROBE_SAMPLES)
+    module.train(was_training)
+    return -(-(large - small) // (PROBE_SAMPLES[1] - PROBE_SAMPLES[0]))
+
+
 def estimate(
-    data_bytes: int, net: nn.Module, optimizer: str, momentum: float, budget_bytes: int, dtype_bytes: int = 4
+    data_bytes: int,
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    optimizer: str,
+    momentum: float,
+    budget_bytes: int,
 ) -> MemoryPlan:
-    """Estimates for an MLP, on the safe side: 3 tensors per hidden unit and sample for what autograd keeps for the
-    backward pass. Fewer are kept (with ReLU in place the linear output and the activation are one tensor), so a
-    chunk sized to a budget is smaller than it need be, never larger."""
-    parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    """Data and parameters counted, optimizer state by the optimizer's kind, activations measured by a probe."""
+    parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     states = OPTIMIZER_STATE_PER_PARAMETER.get(optimizer, 2) + (optimizer == "SGD" and momentum > 0)
-    widths = [layer.in_features for layer in net.modules() if isinstance(layer, nn.Linear)]
-    outputs = [layer.out_features for layer in net.modules() if isinstance(layer, nn.Linear)]
-    per_sample = dtype_bytes * (widths[0] + 3 * sum(outputs[:-1]) + 2 * outputs[-1])
+    per_sample = activation_bytes_per_sample(module, input_shape)
     return MemoryPlan(data_bytes, parameter_bytes, states * parameter_bytes, per_sample, budget_bytes)
 
 

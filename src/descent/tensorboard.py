@@ -12,7 +12,8 @@ from torch import Tensor
 
 from descent.data import EVAL_SETS, ImageData
 from descent.errors import is_whole, require
-from descent.model import Classifier
+from descent.metrics import final_and_best
+from descent.module import Classifier
 
 CHARTS = {
     "train against test": {
@@ -89,9 +90,9 @@ class TensorBoardTabs(Callback):
                 writer.add_histogram(f"gradients/{name}", grad, epoch)
         every = logger.image_every_n_epochs
         if every and (epoch % every == 0 or epoch == trainer.max_epochs):
-            predicted, x, y = self._test_predictions(module)
-            wrong = (predicted != y).nonzero().flatten()[:GRID_IMAGES].cpu()
-            figure = misclassified_grid(x[wrong].cpu(), predicted[wrong].cpu(), y[wrong].cpu(), self._image_info())
+            predicted, wrong_images, y = self._test_predictions(module)
+            wrong = (predicted != y).nonzero().flatten()[:GRID_IMAGES]
+            figure = misclassified_grid(wrong_images.cpu(), predicted[wrong].cpu(), y[wrong].cpu(), self._image_info())
             writer.add_figure("misclassified test images", figure, epoch)
 
     def on_fit_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
@@ -106,18 +107,27 @@ class TensorBoardTabs(Callback):
         logger.log_hyperparams(self.params, metrics=hparams_metrics(final, best))
 
     def _image_info(self) -> tuple[tuple[int, ...], list[str]]:
-        return self.data.image_shape, self.data.class_names
+        return self.data.input_shape, self.data.class_names
 
     @torch.no_grad()
     def _test_predictions(self, module: Classifier) -> tuple[Tensor, Tensor, Tensor]:
-        """theta^k's class for every test image (this rank holds the whole test set), in test-set order."""
-        x, y = self.data.sets["test"]
+        """theta^k's class for every test image, in test-set order, and the first GRID_IMAGES wrong ones' images.
+
+        Only the misclassified images are kept: a streamed test set is read chunk by chunk, never held whole.
+        """
+        images, y = self.data.sets["test"]
         was_training = module.net.training
         module.net.eval()
         step = self.data.samples_per_chunk
-        predicted = torch.cat([module.net(x[i : i + step].to(module.dtype)).argmax(1) for i in range(0, len(y), step)])
+        predicted, wrong_images = [], []
+        starts = range(0, len(y), step)
+        for start, x in zip(starts, images.read(slice(i, i + step) for i in starts), strict=True):
+            guess = module(x.to(module.dtype)).argmax(1)
+            predicted.append(guess)
+            if sum(len(w) for w in wrong_images) < GRID_IMAGES:
+                wrong_images.append(x[guess != y[start : start + len(guess)]])
         module.net.train(was_training)
-        return predicted, x, y
+        return torch.cat(predicted), torch.cat(wrong_images)[:GRID_IMAGES], y
 
 
 def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int) -> Tensor:
@@ -126,12 +136,13 @@ def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int) -> Tenso
 
 
 def to_image(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A flattened (normalised) sample as an image matplotlib shows: [H, W] grey or [H, W, C] (channel-planar in)."""
+    """A (normalised) sample [C, H, W] as an image matplotlib shows: [H, W] grey or [H, W, C] colour."""
     image = x.reshape(shape).float()
-    if image.ndim == 3:  # [C, H, W] -> [H, W, C], rescaled to [0, 1] since normalised values are not colours
-        image = image.permute(1, 2, 0)
-        image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-12)
-    return image
+    if image.shape[0] == 1:
+        return image[0]
+    # [C, H, W] -> [H, W, C], rescaled to [0, 1] since normalised values are not colours
+    image = image.permute(1, 2, 0)
+    return (image - image.min()) / (image.max() - image.min()).clamp(min=1e-12)
 
 
 def misclassified_grid(x: Tensor, predicted: Tensor, true: Tensor, info: tuple[tuple[int, ...], list[str]]) -> Figure:
@@ -177,17 +188,19 @@ def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
         "momentum": optimizer.get("momentum", 0.0),
         "weight_decay": optimizer.get("weight_decay", 0.0),
         "batch_size": data.samples_per_step,
-        "hidden": str(list(cfg.model.hidden)),
-        "activation": cfg.model.activation,
-        "dropout": cfg.model.dropout,
         "seed": cfg.seed,
         "max_epochs": cfg.max_epochs,
+    } | network_settings(cfg.model.net)
+
+
+def network_settings(net: DictConfig) -> dict[str, Any]:
+    """The chosen network's class and settings, whatever they are: `net` and `net.<setting>` (lists as text)."""
+    settings = {f"net.{key}": value for key, value in net.items() if not key.startswith("_")}
+    plain = {
+        key: value if isinstance(value, int | float | str | bool) else str(list(value))
+        for key, value in settings.items()
     }
-
-
-def final_and_best(history: list[dict[str, float]], monitor: str) -> tuple[dict[str, float], dict[str, float]]:
-    """The last epoch's figures, and those of the first epoch with the lowest `monitor`."""
-    return history[-1], min(history, key=lambda row: row[monitor])
+    return {"net": net._target_.rsplit(".", 1)[-1]} | plain
 
 
 def hparams_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str, float]:

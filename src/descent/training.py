@@ -1,124 +1,44 @@
-"""`train(cfg)` and `evaluate(cfg)`: build data, model and trainer from a composed config and run them."""
+"""`train(cfg)` and `evaluate(cfg)`: build data, network, module and trainer from a composed config and run them."""
 
 import json
 import logging
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from descent import metrics
 from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits
-from descent.data import EVAL_SETS, ImageData, is_sample_count
-from descent.errors import is_number, is_whole, require
+from descent.config import check_config
+from descent.data import ImageData
+from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
-from descent.model import Classifier, StoppedEarly, check_settings
-from descent.tensorboard import TensorBoardTabs, final_and_best, hyperparameters
+from descent.module import Classifier
+from descent.stepping import StoppedEarly, stop_on_signals
+from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
 
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail on settings that cannot work before any data is loaded, naming the key."""
-    require(
-        is_sample_count(cfg.batch_size),
-        f"batch_size={cfg.batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
-    )
-    require(
-        is_sample_count(cfg.chunk_size),
-        f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
-    )
-    monitors = [f"{stage}/{kind}" for stage in EVAL_SETS for kind in ("loss", "error")]
-    require(
-        cfg.monitor in monitors,
-        f"monitor={cfg.monitor!r} is not allowed: choose the best epoch (and a sweep's objective) by one of "
-        f"{', '.join(monitors)}",
-    )
-    lr = cfg.optimizer.get("lr")
-    require(
-        is_number(lr) and lr > 0,
-        f"optimizer.lr={lr!r} is not allowed: the learning rate must be a positive number",
-    )
-    momentum = cfg.optimizer.get("momentum", 0.0)
-    require(
-        is_number(momentum) and 0 <= momentum < 1,
-        f"optimizer.momentum={momentum!r} is not allowed: give a number in [0, 1), e.g. 0.9",
-    )
-    weight_decay = cfg.optimizer.get("weight_decay", 0.0)
-    require(
-        is_number(weight_decay) and weight_decay >= 0,
-        f"optimizer.weight_decay={weight_decay!r} is not allowed: give a number >= 0 (0 for none)",
-    )
-    betas = cfg.optimizer.get("betas", (0.9, 0.999))
-    require(
-        len(betas) == 2 and all(is_number(beta) and 0 <= beta < 1 for beta in betas),
-        f"optimizer.betas={list(betas)!r} is not allowed: give two numbers in [0, 1), e.g. [0.9,0.999]",
-    )
-    gamma = (cfg.get("scheduler") or {}).get("gamma", 1.0)
-    require(
-        is_number(gamma) and gamma > 0,
-        f"scheduler.gamma={gamma!r} is not allowed: the learning rate is multiplied by it every epoch, give a "
-        "positive number (below 1 to decay)",
-    )
-    model = cfg.model
-    check_settings(model.get("hidden"), model.get("activation"), model.get("dropout"), model.get("backprop"))
-    val_size = cfg.data.get("val_size", 1)
-    require(
-        is_whole(val_size) and val_size >= 1,
-        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
-    )
-    require(
-        cfg.seed is None or is_whole(cfg.seed),
-        f"seed={cfg.seed!r} is not allowed: give a whole number, or null for no seeding",
-    )
-    require(
-        is_whole(cfg.max_epochs) and cfg.max_epochs >= 1,
-        f"max_epochs={cfg.max_epochs!r} is not allowed: give a whole number of epochs, at least 1",
-    )
-    budget = cfg.memory_budget_bytes
-    require(
-        budget is None or (is_whole(budget) and budget > 0),
-        f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
-        "device reports as free",
-    )
-    for key in ("limit_train_batches", "limit_val_batches"):
-        value = cfg.trainer.get(key)
-        require(
-            value is None or (is_number(value) and value == 1),
-            f"trainer.{key}={value!r} is not allowed: Lightning sees each epoch and each evaluated set as one batch "
-            "(the model steps through their chunks), so only all of it (1.0) works; shorten a run with max_epochs, "
-            "evaluate less often with trainer.check_val_every_n_epoch",
-        )
-    accelerator = cfg.trainer.get("accelerator")
-    if accelerator in ("gpu", "cuda"):
-        require(
-            torch.cuda.is_available(),
-            "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu",
-        )
-    if accelerator == "mps":
-        require(
-            torch.backends.mps.is_available(),
-            "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
-        )
+CLIPPING = ("gradient_clip_val", "gradient_clip_algorithm")
+"""Trainer settings the module applies itself: Lightning refuses them under manual optimization."""
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
-    """The data (loaded and checked) and the model sized to it."""
+    """The data (loaded and checked) and the module, its network sized to the data."""
     batch_size = cfg.batch_size
     if cfg.full_batch and batch_size != "full":
         log.warning("optimizer=gd takes one step over all N training samples: ignoring batch_size=%s", batch_size)
         batch_size = "full"
     data: ImageData = instantiate(cfg.data, batch_size=batch_size)
     data.setup("fit")
-    model: Classifier = instantiate(cfg.model, input_size=data.input_size, num_classes=data.num_classes)
+    net = instantiate(cfg.model.net, input_shape=data.input_shape, num_classes=data.num_classes)
+    clipping = {key: cfg.trainer.get(key) for key in CLIPPING}
+    model: Classifier = instantiate(cfg.model, net=net, **clipping)
     return data, model
 
 
@@ -129,7 +49,8 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
     optimizer = model.optimizer
     plan = estimate(
         data.nbytes,
-        model.net,
+        model,
+        data.input_shape,
         getattr(optimizer, "func", optimizer).__name__,
         getattr(optimizer, "keywords", {}).get("momentum", 0),
         budget,
@@ -141,12 +62,24 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
 def build_trainer(
     cfg: DictConfig, run_dir: Path, callbacks: tuple[Callback, ...] = (), **overrides: Any
 ) -> lightning.Trainer:
+    """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`."""
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
-    plugins = [BackgroundCheckpointIO()]
-    return instantiate(cfg.trainer, logger=logger, callbacks=[best, last, *callbacks], plugins=plugins, **overrides)
+    chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in CLIPPING:  # the module clips (see Classifier)
+        settings.pop(key, None)
+    if settings.get("enable_progress_bar") is None:  # a bar in a terminal; one line per epoch in a log file
+        settings["enable_progress_bar"] = sys.stderr.isatty()
+    return instantiate(
+        settings,
+        logger=logger,
+        callbacks=[best, last, *chosen, *callbacks],
+        plugins=[BackgroundCheckpointIO()],
+        **overrides,
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -170,8 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except StoppedEarly as stopped:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
         if trainer.is_global_zero:
-            best_path = trainer.checkpoint_callbacks[0].best_model_path
-            result = summarise(model.history, cfg.monitor, run_dir, best_path) if model.history else {"history": []}
+            result = summarise(model, trainer, cfg) if model.history else {"history": []}
             result["stopped"] = {
                 "reason": type(stopped).__name__.lower(),  # diverged or interrupted
                 "epoch": stopped.epoch,
@@ -180,57 +112,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             }
             replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         raise
-    result = summarise(model.history, cfg.monitor, run_dir, trainer.checkpoint_callbacks[0].best_model_path)
+    require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
+    result = summarise(model, trainer, cfg)
     if trainer.is_global_zero:
         replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-        log.info("\n%s", format_table(result))
+        log.info("\n%s", metrics.format_table(result))
     return result
 
 
-@contextmanager
-def stop_on_signals(model: Classifier) -> Iterator[None]:
-    """SIGINT and SIGTERM ask the model to stop before its next optimizer step (a second SIGINT stops at once)."""
-
-    def ask_to_stop(signum: int, frame: Any) -> None:
-        if model.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        model.stop_signal = signal.Signals(signum).name
-
-    if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
-        yield
-        return
-    previous = {number: signal.signal(number, ask_to_stop) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def summarise(history: list[dict[str, float]], monitor: str, run_dir: Path, best_checkpoint: str) -> dict[str, Any]:
-    """Final and best-epoch figures (best by `monitor`, the first epoch reaching it) with the whole history."""
-    final, best = final_and_best(history, monitor)
-    return {
-        "run_dir": str(run_dir),
-        "monitor": monitor,
-        "final": final,
-        "best": best,
-        "best_checkpoint": best_checkpoint,
-        "history": history,
-    }
-
-
-def format_table(result: dict[str, Any]) -> str:
-    columns = [(f"{name} {kind}", f"{name}/{kind}") for name in (*EVAL_SETS, "gap") for kind in ("loss", "error")]
-    header = f"{'':16}" + "".join(f"{title:>12}" for title, _ in columns)
-    lines = [header]
-    for label in ("final", "best"):
-        row = result[label]
-        cells = "".join(
-            f"{row[key]:>12.4f}" if key.endswith("loss") else f"{100 * row[key]:>11.2f}%" for _, key in columns
-        )
-        lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
-    return "\n".join(lines)
+def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:
+    best_checkpoint = trainer.checkpoint_callbacks[0].best_model_path if trainer.checkpoint_callbacks else ""
+    return metrics.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -1,0 +1,116 @@
+"""Settings checked from the composed config before any data is loaded: one line naming the key, or nothing."""
+
+import inspect
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from descent.backprop import check_mlp
+from descent.data.base import is_sample_count
+from descent.errors import DescentError, is_number, is_whole, require
+from descent.metrics import MONITORS
+from descent.module import BACKPROPS
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail on settings that cannot work before any data is loaded, naming the key."""
+    require(
+        is_sample_count(cfg.batch_size),
+        f"batch_size={cfg.batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+    )
+    require(
+        is_sample_count(cfg.chunk_size),
+        f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
+    )
+    require(
+        cfg.monitor in MONITORS,
+        f"monitor={cfg.monitor!r} is not allowed: choose the best epoch (and a sweep's objective) by one of "
+        f"{', '.join(MONITORS)}",
+    )
+    lr = cfg.optimizer.get("lr")
+    require(
+        is_number(lr) and lr > 0,
+        f"optimizer.lr={lr!r} is not allowed: the learning rate must be a positive number",
+    )
+    momentum = cfg.optimizer.get("momentum", 0.0)
+    require(
+        is_number(momentum) and 0 <= momentum < 1,
+        f"optimizer.momentum={momentum!r} is not allowed: give a number in [0, 1), e.g. 0.9",
+    )
+    weight_decay = cfg.optimizer.get("weight_decay", 0.0)
+    require(
+        is_number(weight_decay) and weight_decay >= 0,
+        f"optimizer.weight_decay={weight_decay!r} is not allowed: give a number >= 0 (0 for none)",
+    )
+    betas = cfg.optimizer.get("betas", (0.9, 0.999))
+    require(
+        len(betas) == 2 and all(is_number(beta) and 0 <= beta < 1 for beta in betas),
+        f"optimizer.betas={list(betas)!r} is not allowed: give two numbers in [0, 1), e.g. [0.9,0.999]",
+    )
+    gamma = (cfg.get("scheduler") or {}).get("gamma", 1.0)
+    require(
+        is_number(gamma) and gamma > 0,
+        f"scheduler.gamma={gamma!r} is not allowed: the learning rate is multiplied by it every epoch, give a "
+        "positive number (below 1 to decay)",
+    )
+    check_net(cfg.model)
+    val_size = cfg.data.get("val_size", 1)
+    require(
+        is_whole(val_size) and val_size >= 1,
+        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
+    )
+    require(
+        cfg.seed is None or is_whole(cfg.seed),
+        f"seed={cfg.seed!r} is not allowed: give a whole number, or null for no seeding",
+    )
+    require(
+        is_whole(cfg.max_epochs) and cfg.max_epochs >= 1,
+        f"max_epochs={cfg.max_epochs!r} is not allowed: give a whole number of epochs, at least 1",
+    )
+    budget = cfg.memory_budget_bytes
+    require(
+        budget is None or (is_whole(budget) and budget > 0),
+        f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
+        "device reports as free",
+    )
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda"):
+        require(
+            torch.cuda.is_available(),
+            "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu",
+        )
+    if accelerator == "mps":
+        require(
+            torch.backends.mps.is_available(),
+            "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
+        )
+
+
+def check_net(model: DictConfig) -> None:
+    """`model.net` names a network whose settings fit its signature and pass its own `check`, if it has one."""
+    backprop = model.get("backprop", "autograd")
+    require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
+    net = model.get("net")
+    require(
+        net is not None and "_target_" in net,
+        "model.net is missing: give the network as a config node with a _target_ (see conf/model/mlp.yaml)",
+    )
+    try:
+        build = get_object(net._target_)
+    except Exception:
+        raise DescentError(
+            f"model.net._target_={net._target_!r} cannot be imported: give the import path of an nn.Module class "
+            "or a function that returns one (e.g. descent.nets.MLP)"
+        ) from None
+    settings = {
+        key: value for key, value in OmegaConf.to_container(net, resolve=True).items() if not key.startswith("_")
+    }
+    try:
+        inspect.signature(build).bind(input_shape=(1, 1, 1), num_classes=2, **settings)
+    except TypeError as error:
+        raise DescentError(f"model.net: {error} ({net._target_} takes {inspect.signature(build)})") from None
+    if callable(check := getattr(build, "check", None)):
+        check(**settings)
+    if backprop == "manual":
+        check_mlp(build if isinstance(build, type) else object)

@@ -1,0 +1,292 @@
+"""The data protocol: a source loads a training and a test set, this module serves them as optimizer steps.
+
+An epoch is a seeded permutation cut into steps of B samples (B = N for batch gradient descent); a step larger than
+`chunk_size` is computed in chunks whose gradients add up to the exact gradient of the step. Lightning sees one
+batch per optimizer step in training (the step's chunks) and one batch per chunk in the evaluation.
+
+A source is an `ImageData` that implements `load`. Sets that fit in memory are returned as tensors and live whole on
+the training device, sliced by index; sets that do not are returned as an `Images` reader (a memory-mapped file,
+an image folder) that produces the chunks' images on the device as they are needed.
+"""
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+
+from descent.errors import is_whole, require
+
+EVAL_SETS = ("train", "val", "test")
+"""The sets evaluated after every epoch, in the order of `val_dataloader`."""
+
+Index = Tensor | slice
+"""Samples of a set: positions (a permutation's part) or a contiguous range (sets read in order)."""
+
+
+class Chunk(NamedTuple):
+    """Part of one optimizer step on this rank: images [n, C, H, W], labels [n], and how its summed loss is scaled.
+
+    `loss_divisor` is the step's sample count over all ranks divided by the number of ranks, so that summed
+    chunk losses divided by it, then averaged over ranks by DDP, give the exact mean loss of the step.
+    """
+
+    x: Tensor
+    y: Tensor
+    loss_divisor: float
+
+
+class Images(Protocol):
+    """What a set too big for memory implements: its length, a subset, and the images at each index of a plan."""
+
+    shape: tuple[int, ...]  # one image: [C, H, W]
+
+    def __len__(self) -> int: ...
+
+    def subset(self, rows: Tensor) -> "Images":
+        """The images at `rows`, in that order (the validation split is carved with it)."""
+
+    def to(self, device: torch.device) -> "Images":
+        """Produce images on `device` from now on."""
+
+    def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
+        """Float images [n, C, H, W] on the device, normalised, for each index in turn (it may read ahead)."""
+
+    @property
+    def nbytes(self) -> int:
+        """What it holds on the device at most: the chunks in flight."""
+
+
+class Tensors:
+    """A set that lives whole on the device as one float tensor: `Images` by slicing."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x, self.shape = x, tuple(x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, rows: Tensor) -> "Tensors":
+        return Tensors(self.x[rows])
+
+    def to(self, device: torch.device) -> "Tensors":
+        self.x = self.x.to(device)
+        return self
+
+    def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
+        return (self.x[index] for index in indices)
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.nbytes
+
+
+def normalised_in_memory(x_train: Tensor, x_test: Tensor, train: Tensor, val: Tensor) -> tuple[Tensors, ...]:
+    """Training, validation and test images as float tensors, normalised by the training part's mean and std.
+
+    Each set is gathered as it is stored (uint8 for image files) and converted in place: at most one transient
+    float copy of a set exists at a time.
+    """
+    x_train, x_test = (
+        x_train.unsqueeze(1) if x_train.ndim == 3 else x_train,
+        x_test.unsqueeze(1) if x_test.ndim == 3 else x_test,
+    )
+    sets = [x_train[train], x_train[val], x_test]
+    first = sets[0].float()
+    mean, std = first.mean(), first.std()
+    out = [first.sub_(mean).div_(std)]
+    for x in sets[1:]:
+        out.append(x.float().sub_(mean).div_(std))
+    return tuple(Tensors(x.contiguous()) for x in out)
+
+
+class Plan:
+    """One epoch of optimizer steps of `batch_size` samples, each cut into chunks of at most `chunk_size`.
+
+    With `seed` the order is a fresh permutation per epoch (seeded by `seed` and the epoch, so a resumed run
+    draws the same ones); without it, or when one step takes the whole set (GD), the order is the stored one and
+    chunks are slices, not gathers. Each step is split into one contiguous share per rank, so every sample is seen
+    exactly once per epoch and the steps do not depend on the number of ranks.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        chunk_size: int,
+        seed: int | None = None,
+        epoch: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> None:
+        self.n, self.batch_size, self.chunk_size = n, batch_size, chunk_size
+        self.seed, self.epoch = seed, epoch
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps in the epoch: ceil(N / B)."""
+        return math.ceil(self.n / self.batch_size)
+
+    def _chunks_per_step(self, step_size: int) -> int:
+        return max(1, math.ceil(math.ceil(step_size / self.world_size) / self.chunk_size))
+
+    @property
+    def chunks(self) -> int:
+        full_steps, rest = divmod(self.n, self.batch_size)
+        return full_steps * self._chunks_per_step(self.batch_size) + (self._chunks_per_step(rest) if rest else 0)
+
+    def _order(self) -> Tensor | None:
+        if self.seed is None or self.batch_size >= self.n:
+            return None  # a step over the whole set sums over every sample, whatever their order
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
+        return torch.randperm(self.n, generator=generator).to(self.device)
+
+    def __iter__(self) -> Iterator[list[tuple[Index, float]]]:
+        """Each step: its chunks on this rank, as (samples, loss divisor)."""
+        order = self._order()
+        for start in range(0, self.n, self.batch_size):
+            step_size = min(self.batch_size, self.n - start)
+            mine = start + self.rank * step_size // self.world_size
+            mine_size = start + (self.rank + 1) * step_size // self.world_size - mine
+            n_chunks = self._chunks_per_step(step_size)
+            loss_divisor = step_size / self.world_size
+            bounds = [
+                (mine + i * mine_size // n_chunks, mine + (i + 1) * mine_size // n_chunks) for i in range(n_chunks)
+            ]
+            yield [(slice(lo, hi) if order is None else order[lo:hi], loss_divisor) for lo, hi in bounds]
+
+
+class Steps:
+    """Lightning's training loader: one item per optimizer step, the list of the step's chunks on this rank."""
+
+    def __init__(self, plan: Plan, images: Images, labels: Tensor) -> None:
+        self.plan, self.images, self.labels = plan, images, labels
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def __iter__(self) -> Iterator[list[Chunk]]:
+        steps = list(self.plan)
+        images = self.images.read(index for step in steps for index, _ in step)
+        for step in steps:
+            yield [Chunk(next(images), self.labels[index], divisor) for index, divisor in step]
+
+
+class Chunks:
+    """Lightning's evaluation loader for one set: one item per chunk, the whole set in its stored order."""
+
+    def __init__(self, plan: Plan, images: Images, labels: Tensor) -> None:
+        self.steps = Steps(plan, images, labels)
+
+    def __len__(self) -> int:
+        return self.steps.plan.chunks
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return (chunk for step in self.steps for chunk in step)
+
+
+def is_sample_count(value: object) -> bool:
+    """A positive int, or `full`: what `batch_size` and `chunk_size` accept."""
+    return value == "full" or (is_whole(value) and value >= 1)
+
+
+def parse_size(value: int | str, n: int, key: str) -> int:
+    """A sample count from the config: a positive int up to `n`, or `full` for all `n`."""
+    require(is_sample_count(value), f"{key}={value!r} is not allowed: give a positive number of samples, or {key}=full")
+    if value == "full":
+        return n
+    require(
+        value <= n,
+        f"{key}={value} is larger than the training set (N={n}): use at most {n}, or {key}=full",
+    )
+    return value
+
+
+class ImageData(LightningDataModule):
+    """A labelled image set served as exact optimizer steps; a source implements `load` (and may name its classes).
+
+    After `setup`, `sets` maps train, val (carved from the training set by `split_seed`) and test to
+    (images, labels): `Images` and int64 labels [n], both on the training device once a trainer runs.
+    """
+
+    def __init__(
+        self,
+        batch_size: int | str = 64,
+        chunk_size: int | str = 4096,
+        val_size: int = 5000,
+        seed: int = 0,
+        split_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
+        self.sets: dict[str, tuple[Images, Tensor]] = {}
+
+    def load(self) -> tuple[Tensor | Images, Tensor, Tensor | Images, Tensor]:
+        """Training images, training labels, test images, test labels. Images are a tensor [N, C, H, W] (or [N, H, W]
+        for one channel) of any dtype, normalised here, or an `Images` reader; labels are int64 [N]."""
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(label) for label in range(self.num_classes)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        x_train, y_train, x_test, y_test = self.load()
+        require(
+            is_whole(self.val_size) and 1 <= self.val_size < len(y_train),
+            f"data.val_size={self.val_size!r} must be at least 1 and smaller than the {len(y_train)} "
+            "training samples it is carved from",
+        )
+        order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
+        val, train = order[: self.val_size], order[self.val_size :]
+        if isinstance(x_train, Tensor):
+            images = normalised_in_memory(x_train, x_test, train, val)  # type: ignore[arg-type]
+        else:
+            images = (x_train.subset(train), x_train.subset(val), x_test)
+        labels = (y_train[train], y_train[val], y_test)
+        self.sets = dict(zip(EVAL_SETS, zip(images, labels, strict=True), strict=True))
+        self.num_classes = int(max(y.max() for y in labels)) + 1
+        self.input_shape = images[0].shape
+        self.num_train = len(train)
+        # B and the chunk size, resolved here so that a bad size fails before a Trainer exists.
+        self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
+        chunk_size = min(self.chunk_size, self.num_train) if is_whole(self.chunk_size) else self.chunk_size
+        self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
+
+    @property
+    def nbytes(self) -> int:
+        """What the data holds on each device: in-memory sets whole, the others' chunks in flight; the labels."""
+        return sum(images.nbytes + labels.nbytes for images, labels in self.sets.values())
+
+    def _on_device(self) -> tuple[torch.device, int, int]:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        self.sets = {name: (x.to(device), y.to(device)) for name, (x, y) in self.sets.items()}
+        return device, *((trainer.global_rank, trainer.world_size) if trainer else (0, 1))
+
+    def train_dataloader(self) -> Steps:
+        device, rank, world_size = self._on_device()
+        x, y = self.sets["train"]
+        epoch = lambda: self.trainer.current_epoch if self.trainer else 0  # noqa: E731
+        # overfit_batches: the same first steps every epoch, as Lightning turns off a DataLoader's shuffling then.
+        seed = None if self.trainer and self.trainer.overfit_batches else self.seed
+        plan = Plan(len(y), self.samples_per_step, self.samples_per_chunk, seed, epoch, rank, world_size, device)
+        return Steps(plan, x, y)
+
+    def val_dataloader(self) -> list[Chunks]:
+        """The whole training, validation and test sets, in a fixed order, chunk by chunk."""
+        device, rank, world_size = self._on_device()
+        return [
+            Chunks(Plan(len(y), len(y), self.samples_per_chunk, rank=rank, world_size=world_size), x, y)
+            for x, y in (self.sets[name] for name in EVAL_SETS)
+        ]
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # made on the device already; Lightning's walk through the chunks would cost a step's 1%

@@ -1,0 +1,185 @@
+"""The LightningModule: a network trained on cross-entropy, one optimizer step per batch, evaluated every epoch.
+
+To train another loss, change `loss`; to train another network, give another `model.net` (see `descent.nets`).
+"""
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from descent import metrics
+from descent.backprop import check_mlp
+from descent.data import EVAL_SETS, Chunk
+from descent.errors import require
+from descent.stepping import accumulate, check_before_step
+
+log = logging.getLogger(__name__)
+
+# The epoch's figures are reduced over the ranks before they are logged, so Lightning's advice to sync them is moot.
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
+# Per-epoch figures are logged every epoch whatever the interval; the step loss simply appears once there are steps.
+warnings.filterwarnings(
+    "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
+)
+# Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's chain of Jacobians written out
+
+
+class Classifier(LightningModule):
+    """`net` trained on cross-entropy; after every epoch k, the whole train, val and test sets are evaluated with
+    theta^k in eval mode (not the running mean of the minibatch losses seen during the epoch).
+
+    `gradient_clip_val` and `gradient_clip_algorithm` are the Trainer's settings of those names, applied here:
+    Lightning refuses them under manual optimization, which a step over several chunks needs.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer] = torch.optim.SGD,
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        backprop: str = "autograd",
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        super().__init__()
+        require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
+        if backprop == "manual":
+            check_mlp(net)
+        # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
+        # scales by a fixed count instead of the samples actually in the step.
+        self.automatic_optimization = False
+        self.net, self.optimizer, self.scheduler, self.backprop = net, optimizer, scheduler, backprop
+        self.clip = (gradient_clip_val, gradient_clip_algorithm) if gradient_clip_val else None
+        self.history: list[dict[str, float]] = []
+        self.last_evaluation: dict[str, float] = {}
+        self.samples_seen, self.train_seconds = 0, 0.0
+        self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler: stop before the next step
+        self._clock: float | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The loss of a chunk, summed over its samples: a step divides the sum by its own size, exactly."""
+        return F.cross_entropy(logits, y, reduction="sum")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+
+    def on_fit_start(self) -> None:
+        require(
+            self.backprop == "autograd" or getattr(self.trainer.precision_plugin, "scaler", None) is None,
+            f"model.backprop=manual with trainer.precision={self.trainer.precision}: its loss scaler works through "
+            "autograd; use model.backprop=autograd or another precision",
+        )
+
+    def training_step(self, chunks: Sequence[Chunk], batch_idx: int) -> None:
+        """One optimizer step, accumulated exactly over its chunks (`descent.stepping`)."""
+        optimizer = self.optimizers()
+        loss_sum = accumulate(self, chunks)
+        check_before_step(self, loss_sum, batch_idx + 1)
+        if self.clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.clip[0], gradient_clip_algorithm=self.clip[1])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.global_step == self.trainer.max_steps:  # max_steps mid-epoch: evaluate the weights it ends with
+            self.trainer.should_stop = True
+        divisor = chunks[0].loss_divisor
+        self.samples_seen += round(divisor * self.trainer.world_size)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
+            self.log(metrics.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
+
+    def on_train_epoch_start(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
+        evaluated with check_val_every_n_epoch > 1)."""
+        if self._clock is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.train_seconds += time.perf_counter() - self._clock
+            self._clock = None
+
+    def on_train_epoch_end(self) -> None:
+        self._stop_clock()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def _end_of_epoch(self) -> bool:
+        """Evaluating theta^k within fit, not in a sanity check and not in `validate` (eval.py)."""
+        return self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+
+    def on_validation_epoch_start(self) -> None:
+        if self._end_of_epoch():
+            self._stop_clock()
+        self._sums = torch.zeros(len(EVAL_SETS), len(metrics.SUMS), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, chunk: Chunk, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """One chunk of a set (`dataloader_idx` in EVAL_SETS order): its summed loss, errors and count."""
+        logits = self(chunk.x)
+        self._sums[dataloader_idx] += metrics.chunk_sums(self.loss(logits, chunk.y), logits, chunk.y)
+
+    def on_validation_epoch_end(self) -> None:
+        figures = metrics.figures(self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist())
+        self.last_evaluation = figures
+        if not self._end_of_epoch():
+            return
+        epoch = self.current_epoch + 1
+        figures |= dict(
+            zip(
+                metrics.PROGRESS,
+                (
+                    float(self.global_step),
+                    float(self.samples_seen),
+                    self.optimizers().param_groups[0]["lr"],
+                    self.train_seconds,
+                ),
+                strict=True,
+            )
+        )
+        self.history.append({"epoch": epoch, **figures})
+        self.log_dict(figures)
+        self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
+        if self.trainer.is_global_zero:
+            log.info(
+                "epoch %d  train loss %.4f err %.2f%%  val err %.2f%%  test loss %.4f err %.2f%%  (%d steps, %.1f s)",
+                epoch,
+                figures["train/loss"],
+                100 * figures["train/error"],
+                100 * figures["val/error"],
+                figures["test/loss"],
+                100 * figures["test/error"],
+                self.global_step,
+                self.train_seconds,
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["descent"] = {
+            "history": self.history,
+            "samples_seen": self.samples_seen,
+            "train_seconds": self.train_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("descent", {})
+        self.history = state.get("history", [])
+        self.samples_seen = state.get("samples_seen", 0)
+        self.train_seconds = state.get("train_seconds", 0.0)

@@ -1,0 +1,169 @@
+"""What the tests share, written once: small real data files, the command-line runner, the event-file reader.
+
+Every run a test starts is pinned to the CPU (`CUDA_VISIBLE_DEVICES` empty for subprocesses, `trainer=cpu` or
+`ddp_cpu` for composed configs), so the suite means the same on a machine with a GPU.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from descent.data.idx import write_idx
+from descent.training import build
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+# Exact full-batch GD: what one chunked step must equal.
+
+LR = 0.5
+EXACT = ["optimizer=gd", f"optimizer.lr={LR}", "max_epochs=1", "trainer.precision=64-true", "logger=none"]
+
+
+def reference_step(make_cfg: Callable[..., DictConfig]) -> dict[str, torch.Tensor]:
+    """theta^1 = theta^0 - lr * grad of the mean loss over all N samples, by autograd on the concatenated data."""
+    cfg = make_cfg(*EXACT)
+    lightning.seed_everything(cfg.seed, verbose=False)
+    data, model = build(cfg)
+    net = model.net.double()
+    images, y = data.sets["train"]
+    loss = F.cross_entropy(net(images.x.double()), y)
+    loss.backward()
+    return {f"net.{name}": (p - LR * p.grad).detach() for name, p in net.named_parameters()}
+
+
+def trained_step(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].dtype == torch.float64
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-10, msg=name)
+
+
+def learnable_images(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """28x28 uint8 images whose class is a bright horizontal band, under noise: an MLP learns it in an epoch."""
+    labels = torch.randint(10, (n,), generator=generator)
+    images = torch.randint(0, 96, (n, 28, 28), generator=generator)
+    for row in range(2):
+        images[torch.arange(n), 4 + 2 * labels + row, :] += 150
+    return images.clamp(max=255).to(torch.uint8), labels.to(torch.uint8)
+
+
+def write_idx_set(directory: Path, num_train: int = 600, num_test: int = 200, seed: int = 1) -> Path:
+    """MNIST's four files, gzipped, of learnable images."""
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+        images, labels = learnable_images(n, generator)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+SMALL = ["trainer=cpu", "data.val_size=100", "model.net.hidden=[32]", "max_epochs=2"]
+"""Overrides that make a composed run take a second: the structure is the real one, only smaller."""
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    """conf/train.yaml composed as the command line would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def small(idx_dir: Path) -> list[str]:
+    """Appended to a README command: the tiny test files instead of real data, and a small network."""
+    return [
+        f"data.data_dir={idx_dir}",
+        "data.download=false",
+        "data.val_size=100",
+        "model.net.hidden=[32]",
+        "max_epochs=2",
+    ]
+
+
+def environment(threads: int | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **CPU_ONLY, **extra}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`python <args>` as a user types it (src/train.py ..., src/eval.py ...), on the CPU; output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or environment()
+    )
+
+
+def start(*args: str) -> subprocess.Popen:
+    """src/train.py in the background, on one thread: its steps are tiny, and two threads that wait on each other at
+    every operation make them a hundred times slower while other processes share the two cores."""
+    return subprocess.Popen(
+        [sys.executable, "src/train.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(threads=1),
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Wait for the process and return its stderr; it must have succeeded."""
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def digest(directory: Path) -> dict[str, str]:
+    """Every file under `directory` by its SHA-256: to check that nothing was changed."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+def events(run_dir: Path, **size_guidance: int) -> EventAccumulator:
+    """TensorBoard's own reader over the event files in `run_dir` (0 in size_guidance: keep every point)."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance=size_guidance or None)
+    accumulator.Reload()
+    return accumulator
+
+
+def points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar tag."""
+    accumulator = events(run_dir, scalars=0)
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """The values of every scalar tag, in step order."""
+    return {tag: [value for _, value in series] for tag, series in points(run_dir).items()}

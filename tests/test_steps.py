@@ -1,0 +1,167 @@
+"""One Lightning batch is one optimizer step: what Lightning users reach for works on real runs.
+
+Progress bar, the per-step loss on TensorBoard's step axis, gradient clipping, max_steps, limit_train_batches,
+callbacks (their per-batch hooks once per optimizer step), and the debug group.
+"""
+
+import json
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from helpers import ROOT, environment, events, run, small
+
+from descent.training import build, build_trainer, train
+
+N_TRAIN = 500  # the fixture's 600 training images less data.val_size=100
+
+
+class StepCounter(lightning.Callback):
+    """Counts Lightning's per-batch hooks and the optimizer steps taken by the time each batch ends."""
+
+    def __init__(self) -> None:
+        self.starts, self.ends, self.steps_at_end = 0, 0, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.starts += 1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.ends += 1
+        self.steps_at_end.append(trainer.global_step)
+
+
+def fit(cfg, *callbacks: lightning.Callback):
+    """`train`'s build and trainer, with extra callbacks; returns the module after fit."""
+    data, model = build(cfg)
+    trainer = build_trainer(cfg, Path(cfg.run_dir), callbacks=callbacks)
+    trainer.fit(model, datamodule=data)
+    return model, trainer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "steps_per_epoch"), [(["batch_size=64"], 8), (["optimizer=gd", "chunk_size=64"], 1)]
+)
+def test_a_callback_sees_one_batch_per_optimizer_step(make_cfg, overrides: list[str], steps_per_epoch: int) -> None:
+    counter = StepCounter()
+    _, trainer = fit(make_cfg(*overrides, "logger=none"), counter)
+    assert counter.starts == counter.ends == 2 * steps_per_epoch  # GD: one batch (its 8 chunks) an epoch
+    assert counter.steps_at_end == list(range(1, 2 * steps_per_epoch + 1))
+    assert trainer.global_step == 2 * steps_per_epoch
+
+
+def test_the_step_loss_is_on_the_step_axis_every_log_every_n_steps(make_cfg, tmp_path: Path) -> None:
+    result = train(make_cfg("batch_size=32", "trainer.log_every_n_steps=5", "max_epochs=2"))
+    accumulator = events(tmp_path / "run", scalars=0)
+    step_loss = accumulator.Scalars("train/step_loss")
+    # 16 steps an epoch, two epochs; each point is at the steps taken before its minibatch's loss was measured
+    # (Lightning's step counter): the 5th step's loss is at 4.
+    assert [event.step for event in step_loss] == list(range(4, 32, 5))
+    assert all(0 < event.value < 5 for event in step_loss)
+    assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2]  # per-epoch: the epoch axis
+    assert [row["progress/steps"] for row in result["history"]] == [16, 32]
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_clips_each_step_as_lightning_would(make_cfg, algorithm: str) -> None:
+    """One SGD step of lr 1 with the gradient clipped to 0.01: the weights move by the clipped gradient."""
+    cfg = make_cfg(
+        "optimizer.lr=1.0", "trainer.max_steps=1", "logger=none", "trainer.gradient_clip_val=0.01",
+        f"trainer.gradient_clip_algorithm={algorithm}",
+    )  # fmt: skip
+    data, model = build(cfg)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    build_trainer(cfg, Path(cfg.run_dir)).fit(model, datamodule=data)
+    moved = before - torch.cat([p.detach().flatten() for p in model.parameters()])
+    if algorithm == "norm":
+        assert float(moved.norm()) == pytest.approx(0.01, rel=1e-4)
+    else:
+        assert float(moved.abs().max()) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_max_steps_stops_mid_epoch_and_evaluates_the_weights_it_ends_with(make_cfg) -> None:
+    result = train(make_cfg("batch_size=64", "trainer.max_steps=5", "max_epochs=10", "logger=none"))
+    assert [(row["epoch"], row["progress/steps"], row["progress/samples"]) for row in result["history"]] == [
+        (1, 5, 320)
+    ]
+
+
+def test_limit_train_batches_takes_that_many_steps_an_epoch(make_cfg) -> None:
+    result = train(make_cfg("batch_size=64", "trainer.limit_train_batches=3", "logger=none"))
+    assert [row["progress/steps"] for row in result["history"]] == [3, 6]
+    assert [row["progress/samples"] for row in result["history"]] == [192, 384]
+
+
+def test_early_stopping_stops_when_monitor_stops_improving(make_cfg) -> None:
+    result = train(make_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=1", "optimizer.lr=1e-12",
+                            "max_epochs=10", "logger=none"))  # fmt: skip
+    assert len(result["history"]) == 2  # epoch 1 sets val/error, epoch 2 does not improve on it: stop
+
+
+def test_the_lr_monitor_logs_the_learning_rate(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("callbacks=lr_monitor", "scheduler=exponential", "scheduler.gamma=0.5", "batch_size=100",
+                   "trainer.log_every_n_steps=1"))  # fmt: skip
+    accumulator = events(tmp_path / "run", scalars=0)
+    (tag,) = [tag for tag in accumulator.Tags()["scalars"] if tag.startswith("lr-")]
+    rates = {event.step: event.value for event in accumulator.Scalars(tag)}
+    assert rates[1] == pytest.approx(0.05) and rates[max(rates)] == pytest.approx(0.025)  # halved after epoch 1
+
+
+def read_terminal(args: list[str], timeout_s: float = 240) -> str:
+    """src/train.py with its output on a pseudo-terminal, as a user at a terminal sees it."""
+    primary, secondary = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "src/train.py", *args], cwd=ROOT, stdin=secondary, stdout=secondary, stderr=secondary,
+        env=environment(COLUMNS="120"),
+    )  # fmt: skip
+    os.close(secondary)
+    output = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], timeout_s)
+        assert ready, "no output"
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=timeout_s) == 0, output.decode(errors="replace")
+    return output.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_lightnings_progress_bar_and_a_log_file_one_line_per_epoch(idx_dir: Path, tmp_path) -> None:
+    shown = read_terminal([*small(idx_dir), "logger=none", f"hydra.run.dir={tmp_path / 'tty'}"])
+    assert "Epoch 0/1" in shown and "Epoch 1/1" in shown  # Lightning's (Rich) bar counts epochs from 0
+    assert "8/8" in shown  # steps of the epoch's total
+    assert "0:00:00 • " in shown  # time spent and time left
+    logged = run("src/train.py", *small(idx_dir), "logger=none", f"hydra.run.dir={tmp_path / 'log'}")
+    assert logged.returncode == 0, logged.stderr
+    assert "Epoch 0/1" not in logged.stderr + logged.stdout
+    assert sum(" - epoch " in line for line in logged.stdout.splitlines()) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("debug", ["fast", "overfit", "profile"])
+def test_the_debug_options_run_as_lightning_users_know_them(idx_dir: Path, tmp_path: Path, debug: str) -> None:
+    done = run("src/train.py", *small(idx_dir), f"debug={debug}", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    if debug == "fast":
+        assert "Running in `fast_dev_run` mode" in output
+        assert not (tmp_path / "checkpoints").exists()  # fast_dev_run writes no checkpoints
+    elif debug == "profile":
+        assert "FIT Profiler Report" in output and "run_training_batch" in output
+    else:
+        history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+        assert len(history) == 2  # the command line's max_epochs wins over the debug file's 20
+        losses = [
+            value
+            for _, value in sorted((e.step, e.value) for e in events(tmp_path, scalars=0).Scalars("train/step_loss"))
+        ]
+        assert losses[-1] < losses[0] / 10  # the same few steps, learned by heart
