@@ -1,9 +1,12 @@
 """Evaluate a checkpoint: `python src/eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt`."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from descent.errors import exit_on_error
+from descent.errors import check_group_options, exit_on_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -14,5 +17,11 @@ def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
+@exit_on_error
+def check_command_line() -> None:
+    check_group_options(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+
+
 if __name__ == "__main__":
+    check_command_line()
     main()

@@ -1,10 +1,13 @@
 """Train an MLP: `python src/train.py optimizer=sgd batch_size=64` (see conf/train.yaml)."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from descent.errors import exit_on_error
+from descent.errors import check_group_options, exit_on_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -21,5 +24,11 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)["best"][cfg.monitor]
 
 
+@exit_on_error
+def check_command_line() -> None:
+    check_group_options(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+
+
 if __name__ == "__main__":
+    check_command_line()
     main()

@@ -6,6 +6,7 @@ Every run a test starts is pinned to the CPU (`CUDA_VISIBLE_DEVICES` empty for s
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,9 +35,9 @@ LR = 0.5
 EXACT = ["optimizer=gd", f"optimizer.lr={LR}", "max_epochs=1", "trainer.precision=64-true", "logger=none"]
 
 
-def reference_step(make_cfg: Callable[..., DictConfig]) -> dict[str, torch.Tensor]:
+def reference_step(make_cfg: Callable[..., DictConfig], *overrides: str) -> dict[str, torch.Tensor]:
     """theta^1 = theta^0 - lr * grad of the mean loss over all N samples, by autograd on the concatenated data."""
-    cfg = make_cfg(*EXACT)
+    cfg = make_cfg(*EXACT, *overrides)
     lightning.seed_everything(cfg.seed, verbose=False)
     data, model = build(cfg)
     net = model.net.double()
@@ -167,3 +168,17 @@ def points(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def scalars(run_dir: Path) -> dict[str, list[float]]:
     """The values of every scalar tag, in step order."""
     return {tag: [value for _, value in series] for tag, series in points(run_dir).items()}
+
+
+class SendSignal(lightning.Callback):
+    """Sends this process `signal_name` from Lightning hook `hook` in epoch `epoch` (0-based), once: a stop signal
+    driven into a chosen phase of a real run, deterministically (`+callbacks.signal._target_=helpers.SendSignal`)."""
+
+    def __init__(self, signal_name: str, hook: str, epoch: int = 1) -> None:
+        self.signal_name, self.hook, self.epoch, self.sent = signal_name, hook, epoch, False
+        setattr(self, hook, self._send)
+
+    def _send(self, trainer: lightning.Trainer, *args: object, **kwargs: object) -> None:
+        if not self.sent and trainer.current_epoch == self.epoch:
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal_name))

@@ -19,7 +19,7 @@ from descent.data.idx import IdxData, read_idx, write_idx
 from descent.errors import DescentError
 from descent.module import Classifier
 from descent.nets import MLP
-from descent.stepping import Diverged
+from descent.stepping import Diverged, Interrupted
 from descent.training import train
 
 BAD_SETTINGS = [
@@ -341,3 +341,24 @@ def test_a_checkpoint_of_another_model_config_names_the_shapes_that_differ(make_
         check_fits(ckpt, other)
     with pytest.raises(DescentError, match=r"was written by a different model"):
         train(make_cfg("model.net.hidden=[16]", f"ckpt_path={ckpt}", run_dir=tmp_path / "other"))
+
+
+PHASES = ["on_train_batch_start", "on_validation_batch_start", "on_train_epoch_end", "on_validation_end"]
+"""Where a stop signal may land: before a step, in the evaluation, between the step loop and the evaluation's end."""
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize(("name", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_signal_in_any_phase_saves_the_weights_and_marks_the_run(
+    make_cfg, tmp_path: Path, phase: str, name: str, exit_code: int
+) -> None:
+    cfg = make_cfg("max_epochs=3", "logger=none", "+callbacks.signal._target_=helpers.SendSignal",
+                   f"+callbacks.signal.signal_name={name}", f"+callbacks.signal.hook={phase}")  # fmt: skip
+    with pytest.raises(Interrupted) as raised:
+        train(cfg)
+    assert raised.value.exit_code == exit_code
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    stopped = json.loads((run_dir / "metrics.json").read_text())["stopped"]
+    assert stopped["reason"] == "interrupted" and stopped["message"].startswith(name)
+    assert load(run_dir / "checkpoints" / "interrupted.ckpt")["global_step"] >= 8  # after epoch 1's steps

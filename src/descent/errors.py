@@ -4,6 +4,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from hydra.errors import InstantiationException
@@ -45,6 +46,26 @@ def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
             raise SystemExit(error.exit_code) from None
 
     return wrapper
+
+
+def check_group_options(overrides: list[str], conf: Path) -> None:
+    """Refuse `group=option` overrides naming an option that `conf/<group>/` does not have, in one line.
+
+    Hydra's own message for it spans a dozen lines, the config search path among them. Multirun lists
+    (`optimizer=gd,nope`) and lists of options (`callbacks=[a,b]`) are checked option by option.
+    """
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        group = conf / key
+        if not sep or key.startswith("hydra") or not group.is_dir() or value in ("", "null"):
+            continue
+        options = sorted(path.stem for path in group.glob("*.yaml"))
+        for option in value.strip("[]").split(","):
+            require(
+                option.strip() in options,
+                f"{key}={option.strip()} is not an option of {key}: choose one of {', '.join(options)} "
+                f"(the files in conf/{key}/)",
+            )
 
 
 def in_multirun() -> bool:

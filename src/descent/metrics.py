@@ -79,6 +79,15 @@ def summary(history: list[dict[str, float]], monitor: str, run_dir: str, best_ch
     }
 
 
+def epoch_line(row: dict[str, float]) -> str:
+    """One epoch's log line: what a run without a progress bar prints after each epoch."""
+    return (
+        f"epoch {int(row['epoch'])}  train loss {row['train/loss']:.4f} err {100 * row['train/error']:.2f}%  "
+        f"val err {100 * row['val/error']:.2f}%  test loss {row['test/loss']:.4f} err {100 * row['test/error']:.2f}%  "
+        f"({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s)"
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The final and best epoch's TABLE figures, a row each, for the console."""
     header = f"{'':16}" + "".join(f"{key.replace('/', ' '):>12}" for key in TABLE)

@@ -159,27 +159,12 @@ class Classifier(LightningModule):
         self.log_dict(figures)
         self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
         if self.trainer.is_global_zero:
-            log.info(
-                "epoch %d  train loss %.4f err %.2f%%  val err %.2f%%  test loss %.4f err %.2f%%  (%d steps, %.1f s)",
-                epoch,
-                figures["train/loss"],
-                100 * figures["train/error"],
-                100 * figures["val/error"],
-                figures["test/loss"],
-                100 * figures["test/error"],
-                self.global_step,
-                self.train_seconds,
-            )
+            log.info(metrics.epoch_line(self.history[-1]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["descent"] = {
-            "history": self.history,
-            "samples_seen": self.samples_seen,
-            "train_seconds": self.train_seconds,
-        }
+        checkpoint["descent"] = {key: getattr(self, key) for key in ("history", "samples_seen", "train_seconds")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("descent", {})
-        self.history = state.get("history", [])
-        self.samples_seen = state.get("samples_seen", 0)
+        self.history, self.samples_seen = state.get("history", []), state.get("samples_seen", 0)
         self.train_seconds = state.get("train_seconds", 0.0)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from descent.backprop import average_over_ranks, backpropagate
@@ -91,8 +93,8 @@ def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int
         loss, asked = loss_sum.item(), module.stop_signal is not None
     if math.isfinite(loss) and not asked:
         return
-    epoch, step = module.current_epoch + 1, trainer.global_step + 1
     if not math.isfinite(loss):
+        epoch, step = module.current_epoch + 1, trainer.global_step + 1
         lr = module.optimizers().param_groups[0]["lr"]
         raise Diverged(
             epoch,
@@ -100,10 +102,17 @@ def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int
             f"training diverged at epoch {epoch}, step {step_in_epoch} of the epoch ({step} in all): the loss "
             f"is {loss}; lower the learning rate (optimizer.lr, {lr:g} at this step)",
         )
+    raise interrupted(module)
+
+
+def interrupted(module: "Classifier") -> Interrupted:
+    """Save the weights of this moment to interrupted.ckpt and say so: what a stop signal ends in."""
+    trainer = module.trainer
+    epoch, step = module.current_epoch + 1, trainer.global_step + 1
     checkpoints = Path(trainer.checkpoint_callback.dirpath)
     trainer.save_checkpoint(checkpoints / "interrupted.ckpt")
     done = f"{checkpoints / 'last.ckpt'} (epoch {epoch - 1})" if epoch > 1 else "no finished epoch"
-    raise Interrupted(
+    return Interrupted(
         epoch,
         step,
         f"{module.stop_signal or 'a signal on another rank'} before step {step}, in epoch {epoch}: these "
@@ -111,6 +120,17 @@ def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int
         "replaying the unfinished epoch",
         module.stop_signal or "SIGTERM",
     )
+
+
+class KeepWeightsOnLightningStop(Callback):
+    """Lightning's own SIGTERM handler stops fit at its next check, between steps or in the evaluation, before
+    `check_before_step` can: keep the weights of that moment as a stop inside a step does (`stopped`)."""
+
+    stopped: Interrupted | None = None
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.stopped = interrupted(module)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from typing import Any
 import lightning
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics
@@ -19,13 +20,24 @@ from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
-from descent.stepping import StoppedEarly, stop_on_signals
+from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
 
 CLIPPING = ("gradient_clip_val", "gradient_clip_algorithm")
 """Trainer settings the module applies itself: Lightning refuses them under manual optimization."""
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (devices present or not, a cloud product's tip, limits left at 100%) say nothing a
+    run's own lines do not; its warnings still show (a GPU present but unused among them). Its own console handler
+    goes too: under Hydra, its records reach the console and train.log once, through the root logger."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
@@ -68,13 +80,8 @@ def build_trainer(
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
     chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for key in CLIPPING:  # the module clips (see Classifier)
-        settings.pop(key, None)
-    if settings.get("enable_progress_bar") is None:  # a bar in a terminal; one line per epoch in a log file
-        settings["enable_progress_bar"] = sys.stderr.isatty()
     return instantiate(
-        settings,
+        trainer_settings(cfg.trainer),
         logger=logger,
         callbacks=[best, last, *chosen, *callbacks],
         plugins=[BackgroundCheckpointIO()],
@@ -82,14 +89,28 @@ def build_trainer(
     )
 
 
+def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
+    """`trainer` as Lightning's Trainer takes it: clipping left to the module (see Classifier), and the progress
+    bar, unless set, on in a terminal and off in a log file (one line per epoch there)."""
+    settings = OmegaConf.to_container(trainer, resolve=True)
+    for key in CLIPPING:
+        settings.pop(key, None)
+    if settings.get("enable_progress_bar") is None:
+        settings["enable_progress_bar"] = sys.stderr.isatty()
+    return settings
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics."""
     check_config(cfg)
+    quiet_lightning()
     run_dir = Path(cfg.run_dir)
     if cfg.seed is not None:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
-    trainer = build_trainer(cfg, run_dir, callbacks=(TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor),))
+    stopper = KeepWeightsOnLightningStop()
+    tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor)
+    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +121,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         with stop_on_signals(model):
             trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
-    except StoppedEarly as stopped:
+    except (StoppedEarly, SIGTERMException) as error:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
+        stopped = error if isinstance(error, StoppedEarly) else stopper.stopped
+        assert stopped is not None
         if trainer.is_global_zero:
             result = summarise(model, trainer, cfg) if model.history else {"history": []}
             result["stopped"] = {
@@ -111,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "message": str(stopped),
             }
             replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-        raise
+        raise stopped from None
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
     result = summarise(model, trainer, cfg)
     if trainer.is_global_zero:
@@ -140,9 +163,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run_cfg.data.data_dir = cfg.data_dir
     run_cfg.trainer, run_cfg.run_dir = cfg.trainer, cfg.run_dir  # the device is chosen now, not at training
     check_config(run_cfg)
+    quiet_lightning()
     data, model = build(run_cfg)
     check_fits(ckpt_path, model)
-    trainer = instantiate(run_cfg.trainer, logger=False, plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(trainer_settings(run_cfg.trainer), logger=False, plugins=[AtomicCheckpointIO()])
     trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     figures = model.last_evaluation
     log.info(
