@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="test error rate (a fraction, 0.02 = 2%%) whose time to reach is tabled; "
-        "default: the largest of the runs' best test errors, which every run reaches",
+        "default: the largest of the runs' lowest test errors, which every run reaches",
     )
     args = parser.parse_args(argv)
     from descent.report import write_report  # here: --help answers without waiting seconds for matplotlib

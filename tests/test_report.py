@@ -51,28 +51,31 @@ def run_dirs(sweep_dir: Path) -> dict[str, Path]:
 
 
 def expected_row(run_dir: Path, target_error: float) -> list[str]:
-    """The row the report must print for `run_dir`, from its event files, checked against its metrics.json."""
-    series = events(run_dir)
-    test_error = series["test/error"]
-    epochs = [epoch for epoch, _ in test_error]
-    assert epochs == [1, 2, 3]
-    best_test = min(value for _, value in test_error)
-    best_val_epoch = min(series["val/error"], key=lambda point: point[1])[0]  # the first epoch of the minimum
-    train_s = [value for _, value in series["time/train_s"]]
+    """The row the report must print for `run_dir`, from its metrics.json, checked against its event files."""
+    result = json.loads((run_dir / "metrics.json").read_text())
+    history = result["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    best = min(history, key=lambda row: row["val/error"])  # the first epoch of the lowest monitor
+    assert result["monitor"] == "val/error" and best == result["best"] and history[-1] == result["final"]
+    series = events(run_dir)  # what TensorBoard shows of the run is the same (events hold float32)
+    for key in ("test/error", "val/error", "time/train_s", "progress/steps"):
+        assert [value for _, value in series[key]] == pytest.approx([row[key] for row in history], rel=1e-6)
+    train_s = [row["time/train_s"] for row in history]
     increments = [later - earlier for earlier, later in pairwise([0.0, *train_s])]
-    reached = [epoch for epoch, value in test_error if value <= target_error]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert test_error[-1][1] == pytest.approx(metrics["final"]["test/error"], rel=1e-6)  # events hold float32
-    assert best_val_epoch == metrics["best"]["epoch"]
-    assert series["progress/steps"][-1][1] == metrics["final"]["progress/steps"]
+    reached = [row for row in history if row["test/error"] <= target_error]
     return [
-        percent(test_error[-1][1]),
-        percent(best_test),
-        str(best_val_epoch),
+        percent(best["val/error"]),
+        str(best["epoch"]),
+        percent(best["test/error"]),
+        percent(history[-1]["test/error"]),
         f"{sum(increments) / len(increments):.3f}",
-        str(int(series["progress/steps"][-1][1])),
-        f"{train_s[epochs.index(reached[0])]:.3f}" if reached else "not reached",
+        str(int(history[-1]["progress/steps"])),
+        f"{reached[0]['time/train_s']:.3f}" if reached else "not reached",
     ]
+
+
+def lowest_test_error(run_dir: Path) -> float:
+    return min(row["test/error"] for row in json.loads((run_dir / "metrics.json").read_text())["history"])
 
 
 def is_png(path: Path) -> tuple[int, int]:
@@ -88,14 +91,17 @@ def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path)
     markdown = (sweep / "report.md").read_text()
     assert table_rows(markdown) and table_rows(done.stdout) == table_rows(markdown)
     dirs = run_dirs(sweep)
-    best = {name: min(value for _, value in events(path)["test/error"]) for name, path in dirs.items()}
-    target = max(best.values())  # the default: every run reaches it
+    lowest = {name: lowest_test_error(path) for name, path in dirs.items()}
+    target = max(lowest.values())  # the default: every run reaches it
     assert f"s to {percent(target)} test error" in markdown
+    assert "| run | best val/error | best epoch | test error at best | final test error |" in markdown
+    assert "The best epoch is the one with the lowest val/error" in markdown
     rows = {row[0]: row[1:] for row in table_rows(markdown)}
     assert sorted(rows) == ["`optimizer=gd`", "`optimizer=sgd`"]  # the overrides all runs share are left out
     for name, run_dir in dirs.items():
         assert rows[f"`{name}`"] == expected_row(run_dir, target)
-    assert [row[0].strip("`") for row in table_rows(markdown)] == sorted(best, key=lambda name: (best[name], name))
+    objective = {name: float(rows[f"`{name}`"][0].rstrip("%")) for name in dirs}  # best val/error, best first
+    assert [row[0].strip("`") for row in table_rows(markdown)] == sorted(dirs, key=lambda n: (objective[n], n))
     width, height = is_png(sweep / "report.png")
     assert width >= 1000 and height >= 600
     assert (sweep / "report.png").stat().st_size > 30_000  # curves, labels and legend, not an empty canvas
@@ -104,9 +110,9 @@ def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path)
 def test_a_target_error_that_some_run_misses_says_not_reached(sweep: Path, tmp_path: Path) -> None:
     shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
     dirs = run_dirs(tmp_path)
-    best = {name: min(value for _, value in events(path)["test/error"]) for name, path in dirs.items()}
-    assert best["optimizer=gd"] > best["optimizer=sgd"], "lr=0.05 should leave three GD steps behind SGD"
-    target = best["optimizer=sgd"]
+    lowest = {name: lowest_test_error(path) for name, path in dirs.items()}
+    assert lowest["optimizer=gd"] > lowest["optimizer=sgd"], "lr=0.05 should leave three GD steps behind SGD"
+    target = lowest["optimizer=sgd"]
     from descent.report import write_report  # here: matplotlib takes seconds to import, even for deselected tests
 
     rows = {row[0]: row[1:] for row in table_rows(write_report(tmp_path, target))}
@@ -122,7 +128,7 @@ def test_a_single_run_dir_and_a_dir_above_the_sweep_are_reports_too(sweep: Path,
     shutil.copytree(run_dirs(sweep)["optimizer=sgd"], single)
     rows = table_rows(write_report(single))
     assert [row[0] for row in rows] == ["`single`"]
-    assert rows[0][1:] == expected_row(single, min(value for _, value in events(single)["test/error"]))
+    assert rows[0][1:] == expected_row(single, lowest_test_error(single))
     above = tmp_path / "above"
     shutil.copytree(sweep, above / "sweep")
     rows = table_rows(write_report(above))
@@ -131,12 +137,14 @@ def test_a_single_run_dir_and_a_dir_above_the_sweep_are_reports_too(sweep: Path,
 
 
 def test_a_dir_without_runs_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "logs").mkdir()  # a dir, but no event files in it or below it
+    (tmp_path / "logs").mkdir()  # a dir, but no metrics.json in it or below it
+    (tmp_path / "eval").mkdir()  # what src/eval.py writes is no run of src/train.py
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"ckpt_path": "last.ckpt", "test/error": 0.1}))
     done = run("src/report.py", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        f"error: {tmp_path}: no runs with per-epoch TensorBoard events in it or below it; "
-        "give the sweep dir or run dir that src/train.py wrote with logger=tensorboard"
+        f"error: {tmp_path}: no finished runs in it or below it (no metrics.json); "
+        "give the sweep dir or run dir that src/train.py wrote"
     ]
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.png").exists()
 
@@ -147,3 +155,30 @@ def test_a_target_error_that_is_not_a_fraction_is_refused(tmp_path: Path) -> Non
     assert done.stderr.splitlines() == [
         "error: --target-error=5.0 is not an error rate: give a fraction in [0, 1], e.g. 0.02 for 2%"
     ]
+
+
+def test_best_is_the_epoch_of_the_lowest_monitor_not_of_the_lowest_test_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run without event files (logger=none) whose test error is lowest at epoch 3, its val error at epoch 2."""
+    from descent.report import write_report
+
+    errors = [(0.30, 0.40, 0.35), (0.20, 0.10, 0.25), (0.10, 0.15, 0.05)]  # (train, val, test) by epoch
+    history = [
+        {"epoch": epoch, "progress/steps": 10.0 * epoch, "time/train_s": 2.0 * epoch}
+        | {f"{stage}/error": error for stage, error in zip(("train", "val", "test"), epoch_errors, strict=True)}
+        | {f"{stage}/loss": 2 * error for stage, error in zip(("train", "val", "test"), epoch_errors, strict=True)}
+        for epoch, epoch_errors in enumerate(errors, start=1)
+    ]
+    (tmp_path / "run").mkdir()
+    result = {"monitor": "val/error", "final": history[-1], "best": history[1], "history": history}
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(result))
+    (tmp_path / "failed" / ".hydra").mkdir(parents=True)  # a failed sweep job is left out, and says so
+    (tmp_path / "failed" / ".hydra" / "overrides.yaml").write_text("- batch_size=9\n")
+    (tmp_path / "failed" / "error.txt").write_text("DescentError: batch_size=9 is wrong\n")
+    markdown = write_report(tmp_path, target_error=0.25)
+    assert f"{tmp_path / 'failed'}: left out, failed: DescentError: batch_size=9 is wrong" in capsys.readouterr().err
+    assert "the lowest val/error" in markdown.splitlines()[2]
+    # best val/error 10% at epoch 2, test error there 25% (not the lowest, 5% at epoch 3), final 5%; 2 s an epoch,
+    # 30 steps, 25% first reached at epoch 2 (4 s).
+    assert table_rows(markdown) == [["`run`", "10.00%", "2", "25.00%", "5.00%", "2.000", "30", "4.000"]]

@@ -2,11 +2,15 @@
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
 import pytest
 from helpers import run, scalars, small
+
+from descent import metrics
+from descent.data import EVAL_SETS
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +30,15 @@ def test_a_2x2_sweep_summarises_each_run_and_each_configuration_over_seeds(idx_d
     assert len(runs) == 4
     for row in runs:
         run_dir = tmp_path / row["run"]
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        result = json.loads((run_dir / "metrics.json").read_text())
         assert row["status"] == "ok"
         assert row["configuration"] == f"optimizer={row['optimizer']}"
-        assert float(row["best val/error"]) == metrics["best"]["val/error"]
-        assert float(row["final test/error"]) == metrics["final"]["test/error"]
-        assert float(row["best epoch"]) == metrics["best"]["epoch"]
+        assert float(row["best val/error"]) == result["best"]["val/error"]
+        assert float(row["final test/error"]) == result["final"]["test/error"]
+        assert float(row["best epoch"]) == result["best"]["epoch"]
+        for name in metrics.FIGURES:  # every figure of descent.metrics, at the best and the last epoch
+            assert float(row[f"best test/{name}"]) == result["best"][f"test/{name}"]
+            assert float(row[f"final train/{name}"]) == result["final"][f"train/{name}"]
         # The summary agrees with what TensorBoard shows of the run.
         assert float(row["final test/loss"]) == pytest.approx(scalars(run_dir)["test/loss"][-1], rel=1e-6)
     assert [row["configuration"] for row in configurations] != []
@@ -93,7 +100,7 @@ def test_an_optuna_search_of_3_trials_completes(tmp_path: Path) -> None:
 
 
 def test_a_run_that_stopped_early_is_summarised_as_failed(tmp_path: Path) -> None:
-    from descent.sweep import read_runs
+    from descent.runs import read_runs
 
     job = tmp_path / "optimizer.lr=1000"
     (job / ".hydra").mkdir(parents=True)
@@ -102,4 +109,59 @@ def test_a_run_that_stopped_early_is_summarised_as_failed(tmp_path: Path) -> Non
     stopped = {"reason": "diverged", "epoch": 1, "step": 3, "message": message}
     (job / "metrics.json").write_text(json.dumps({"history": [], "stopped": stopped}))
     (run,) = read_runs(tmp_path)
-    assert (run.status, run.error, run.figures) == ("failed", message, None)
+    assert (run.status, run.error, run.history, run.best) == ("failed", message, [], None)
+
+
+def write_run(run_dir: Path, overrides: list[str], sums: list[list[list[float]]], monitor: str = "val/error") -> None:
+    """A sweep job's files as src/train.py writes them, from each epoch's SUMS per set (in EVAL_SETS order)."""
+    history = [
+        {"epoch": epoch, **metrics.figures(epoch_sums), **dict.fromkeys(metrics.PROGRESS, float(epoch))}
+        for epoch, epoch_sums in enumerate(sums, start=1)
+    ]
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics.summary(history, monitor, str(run_dir), "")))
+
+
+def test_a_figure_added_to_descent_metrics_is_a_column_of_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from descent.sweep import write_summary
+
+    monkeypatch.setitem(metrics.FIGURES, "errors_per_1000", lambda sums: 1000 * sums["errors"] / sums["count"])
+    assert len(EVAL_SETS) == 3 and list(metrics.SUMS) == ["loss", "errors", "count"]
+    for seed, errors in (("0", 7.0), ("1", 9.0)):  # (loss sum, errors, count) of train, val and test, two epochs
+        epochs = [[[50.0, 20.0, 100.0], [60.0, 30.0, 100.0], [55.0, 25.0, 100.0]]]
+        epochs.append([[30.0, 5.0, 100.0], [40.0, 10.0, 100.0], [35.0, errors, 100.0]])
+        write_run(tmp_path / seed, [f"seed={seed}"], epochs)
+    write_summary(tmp_path)
+    (config,), runs = read_summary(tmp_path)
+    assert {row["seed"]: float(row["best test/errors_per_1000"]) for row in runs} == {"0": 70.0, "1": 90.0}
+    assert all(float(row["final train/errors_per_1000"]) == 50.0 for row in runs)
+    assert float(config["best test/errors_per_1000"]) == 80.0
+    assert float(config["best test/errors_per_1000 std"]) == pytest.approx(statistics.stdev([70.0, 90.0]))
+    assert "| best test/errors_per_1000 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_runs_are_read_from_metrics_json_error_txt_or_marked_running(tmp_path: Path) -> None:
+    """Best is the epoch of the lowest monitor; an eval run's metrics.json (no history) is no run of train.py."""
+    from descent.runs import read_runs
+
+    test_lowest_late = [[[50.0, 20.0, 100.0], [60.0, 10.0, 100.0], [55.0, 25.0, 100.0]]]
+    test_lowest_late.append([[30.0, 5.0, 100.0], [40.0, 15.0, 100.0], [35.0, 12.0, 100.0]])
+    write_run(tmp_path / "ok", ["seed=0"], test_lowest_late)
+    (tmp_path / "failed" / ".hydra").mkdir(parents=True)
+    (tmp_path / "failed" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (tmp_path / "failed" / "error.txt").write_text("DescentError: batch_size=9 is wrong\n")
+    (tmp_path / "running" / ".hydra").mkdir(parents=True)
+    (tmp_path / "running" / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"ckpt_path": "x.ckpt", "test/error": 0.1}))
+    failed, ok, running = read_runs(tmp_path)  # by name
+    assert (ok.name, ok.status, ok.overrides, ok.monitor) == ("ok", "ok", {"seed": "0"}, "val/error")
+    assert (ok.best["epoch"], ok.final["epoch"], ok.objective) == (1, 2, 0.1)  # type: ignore[index]
+    assert ok.series("test/error") == [0.25, 0.12]
+    assert (failed.name, failed.status, failed.error) == ("failed", "failed", "DescentError: batch_size=9 is wrong")
+    assert (running.name, running.status, running.history, running.objective) == ("running", "running", [], math.inf)
+    (single,) = read_runs(tmp_path / "ok")  # a run dir is read as itself, named by its dir
+    assert (single.name, single.best) == ("ok", ok.best)

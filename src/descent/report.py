@@ -1,49 +1,25 @@
-"""Compare the runs of a sweep from their TensorBoard event files: a figure of the curves and a table of figures.
+"""Compare the runs of a sweep from their metrics.json: a figure of the curves and a table of figures.
 
-Every number comes from TensorBoard's own reader, so the report shows what TensorBoard shows. Each tag holds one
-point per epoch k (its step), as `descent.model.Classifier` logs them.
+Runs are read by `descent.runs`, as the sweep summary reads them, so "best" is the same epoch here as there and in
+each run's metrics.json: the one with the lowest `monitor` (default val/error), not the lowest test error.
 """
 
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, StrMethodFormatter
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from descent.errors import require
+from descent.runs import Run, read_runs
 
-EVENT_FILES = "events.out.tfevents.*"
-TAGS = ("train/loss", "test/loss", "train/error", "test/error", "val/error", "progress/steps", "time/train_s")
-"""The tags the report uses: a run dir whose events lack one (no epoch finished yet) is left out."""
-X_AXES = (("epoch", None), ("optimizer steps", "progress/steps"), ("training seconds", "time/train_s"))
-"""The figure's columns: the x label and the tag whose values are x (None: the epoch itself)."""
+STEPS, TRAIN_S = "progress/steps", "time/train_s"
+"""The PROGRESS figures the figure's x-axes and the table's time columns use."""
+X_AXES = (("epoch", "epoch"), ("optimizer steps", STEPS), ("training seconds", TRAIN_S))
+"""The figure's columns: the x label and the history key whose values are x."""
 
 PLAIN = StrMethodFormatter("{x:g}")
-
-Scalars = dict[str, dict[int, float]]
-"""tag -> {epoch: value}."""
-
-
-@dataclass
-class Run:
-    """One run: a label for the figure and the table, its dir, and its scalars."""
-
-    name: str
-    path: Path
-    scalars: Scalars
-
-    def values(self, tag: str) -> list[float]:
-        """The tag's values in epoch order."""
-        return [value for _, value in sorted(self.scalars[tag].items())]
-
-
-def read_scalars(run_dir: Path) -> Scalars:
-    """Every scalar tag of the event files in `run_dir` (not below it), keyed by epoch; all points are kept."""
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})
-    events.Reload()
-    return {tag: {event.step: event.value for event in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
 def short_names(names: list[str]) -> list[str]:
@@ -54,35 +30,26 @@ def short_names(names: list[str]) -> list[str]:
     return short if all(short) and len(set(short)) == len(short) else names
 
 
-def read_runs(sweep_dir: Path) -> list[Run]:
-    """Every run dir under `sweep_dir` (the dir itself included) whose event files hold per-epoch test figures."""
+def finished_runs(sweep_dir: Path) -> list[Run]:
+    """Every finished run in `sweep_dir` or below it, named by what tells them apart; the others are noted on stderr."""
     require(sweep_dir.is_dir(), f"{sweep_dir}: no such directory; give a sweep dir or a run dir of src/train.py")
-    run_dirs = sorted({path.parent for path in sweep_dir.rglob(EVENT_FILES)})
-    found = []
-    for path in run_dirs:
-        scalars = read_scalars(path)
-        missing = [tag for tag in TAGS if not scalars.get(tag)]
-        if missing:
-            print(f"{path}: left out, its events hold no {', '.join(missing)}", file=sys.stderr)
+    runs = []
+    for run in read_runs(sweep_dir):
+        if run.status == "ok" and run.history:
+            runs.append(run)
         else:
-            found.append((path, scalars))
+            print(f"{run.path}: left out, {run.status}{': ' + run.error if run.error else ''}", file=sys.stderr)
     require(
-        found,
-        f"{sweep_dir}: no runs with per-epoch TensorBoard events in it or below it; "
-        "give the sweep dir or run dir that src/train.py wrote with logger=tensorboard",
+        runs,
+        f"{sweep_dir}: no finished runs in it or below it (no metrics.json); "
+        "give the sweep dir or run dir that src/train.py wrote",
     )
-    names = [path.relative_to(sweep_dir).as_posix() if path != sweep_dir else path.name for path, _ in found]
-    return [Run(name, path, scalars) for name, (path, scalars) in zip(short_names(names), found, strict=True)]
+    return [replace(run, name=name) for run, name in zip(runs, short_names([run.name for run in runs]), strict=True)]
 
 
-def first_epoch_of_min(series: dict[int, float]) -> int:
-    """The first epoch at which the series is lowest (the best epoch, as training.summarise chooses it)."""
-    return min(sorted(series), key=series.__getitem__)
-
-
-def seconds_per_epoch(train_s: dict[int, float]) -> float | None:
-    """Mean increment of `time/train_s` per epoch, from 0 s before epoch 1 (a resumed run: from its first point)."""
-    points = sorted(train_s.items())
+def seconds_per_epoch(run: Run) -> float | None:
+    """Mean increment of `time/train_s` per epoch, from 0 s before epoch 1 (a history from a later epoch: its first)."""
+    points = [(row["epoch"], row[TRAIN_S]) for row in run.history]
     if points[0][0] == 1:
         points.insert(0, (0, 0.0))
     (first_epoch, first_s), (last_epoch, last_s) = points[0], points[-1]
@@ -91,47 +58,58 @@ def seconds_per_epoch(train_s: dict[int, float]) -> float | None:
 
 def seconds_to_reach(run: Run, target_error: float) -> float | None:
     """Training seconds at the first epoch whose test error is at most `target_error`; None if none is."""
-    reached = [epoch for epoch, error in sorted(run.scalars["test/error"].items()) if error <= target_error]
-    return run.scalars["time/train_s"][reached[0]] if reached else None
-
-
-def best_test_error(run: Run) -> float:
-    return min(run.scalars["test/error"].values())
+    return next((row[TRAIN_S] for row in run.history if row["test/error"] <= target_error), None)
 
 
 def default_target_error(runs: list[Run]) -> float:
-    """The largest of the runs' best test errors: the lowest target that every run reaches."""
-    return max(best_test_error(run) for run in runs)
+    """The largest of the runs' lowest test errors: the lowest target that every run reaches."""
+    return max(min(run.series("test/error")) for run in runs)
 
 
 def percent(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
 
 
+def format_figure(key: str, value: float) -> str:
+    """An error rate in percent, a loss to 4 places."""
+    return percent(value) if key.endswith("error") else f"{value:.4f}"
+
+
 def seconds(value: float | None, missing: str) -> str:
     return missing if value is None else f"{value:.3f}"
 
 
+def monitor_of(runs: list[Run]) -> str:
+    """The runs' `monitor`, or "monitor" if they differ (the cells then name each run's)."""
+    monitors = {run.monitor or "monitor" for run in runs}
+    return next(iter(monitors)) if len(monitors) == 1 else "monitor"
+
+
 def format_table(runs: list[Run], target_error: float) -> str:
-    """A markdown table, one row per run, sorted by best test error (then name)."""
+    """A markdown table, one row per run, best first: by `monitor` at the best epoch (then name)."""
+    monitor = monitor_of(runs)
     header = [
         "run",
+        f"best {monitor}",
+        "best epoch",
+        "test error at best",
         "final test error",
-        "best test error",
-        "best val error at epoch",
         "s / epoch",
         "optimizer steps",
         f"s to {percent(target_error)} test error",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for run in sorted(runs, key=lambda run: (best_test_error(run), run.name)):
+    for run in sorted(runs, key=lambda run: (str(run.monitor), run.objective, run.name)):
+        assert run.best is not None and run.final is not None and run.monitor is not None  # finished_runs
+        objective = format_figure(run.monitor, run.objective)
         cells = [
             f"`{run.name}`",
-            percent(run.values("test/error")[-1]),
-            percent(best_test_error(run)),
-            str(first_epoch_of_min(run.scalars["val/error"])),
-            seconds(seconds_per_epoch(run.scalars["time/train_s"]), "n/a"),
-            str(round(run.values("progress/steps")[-1])),
+            objective if monitor == run.monitor else f"{run.monitor} {objective}",
+            str(int(run.best["epoch"])),
+            percent(run.best["test/error"]),
+            percent(run.final["test/error"]),
+            seconds(seconds_per_epoch(run), "n/a"),
+            str(round(run.final[STEPS])),
             seconds(seconds_to_reach(run, target_error), "not reached"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -144,19 +122,19 @@ def plot(runs: list[Run], title: str) -> Figure:
     figure.suptitle(title, fontsize=11)
     axes = figure.subplots(2, len(X_AXES), sharey="row")
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    for column, (x_label, x_tag) in enumerate(X_AXES):
+    for column, (x_label, x_key) in enumerate(X_AXES):
         for row, kind in enumerate(("loss", "error")):
             ax = axes[row, column]
             for run, color in zip(runs, colors, strict=True):
-                x = sorted(run.scalars["test/error"]) if x_tag is None else run.values(x_tag)
+                x = run.series(x_key)
                 scale = 100 if kind == "error" else 1
                 for stage, style in (("train", "-"), ("test", "--")):
-                    y = [scale * value for value in run.values(f"{stage}/{kind}")]
+                    y = [scale * value for value in run.series(f"{stage}/{kind}")]
                     ax.plot(x, y, style, color=color, marker=".", markersize=4, linewidth=1.4)
-            if x_tag == "progress/steps":
+            if x_key == STEPS:
                 ax.set_xscale("log")  # GD takes one step an epoch, SGD thousands: only a log axis shows both
                 ax.xaxis.set_major_formatter(PLAIN)  # 1, 10, 100 rather than powers of ten
-            if x_tag is None:
+            if x_key == "epoch":
                 ax.xaxis.get_major_locator().set_params(integer=True)
             if kind == "loss":
                 ax.set_yscale("log")
@@ -181,7 +159,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
         target_error is None or 0 <= target_error <= 1,
         f"--target-error={target_error} is not an error rate: give a fraction in [0, 1], e.g. 0.02 for 2%",
     )
-    runs = read_runs(sweep_dir)
+    runs = finished_runs(sweep_dir)
     if target_error is None:
         target_error = default_target_error(runs)
     plot(runs, f"{sweep_dir}: {len(runs)} runs").savefig(sweep_dir / "report.png", dpi=100)
@@ -189,8 +167,9 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
         [
             f"# {sweep_dir}",
             "",
-            f"{len(runs)} runs. Errors are on the test set; the best epoch is the one with the lowest val error. "
-            f"Target test error {percent(target_error)}.",
+            f"{len(runs)} runs, best first. The best epoch is the one with the lowest {monitor_of(runs)} (that of "
+            "metrics.json, summary.md and best.ckpt), and its test error is shown, not the lowest test error of the "
+            f"run. Errors are rates. Target test error {percent(target_error)}.",
             "",
             format_table(runs, target_error),
             "",
