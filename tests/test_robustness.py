@@ -38,6 +38,13 @@ BAD_SETTINGS = [
     ("model=mlp", "max_epochs=true", "max_epochs=True is not allowed"),
     ("model=mlp", "data.val_size=0", "data.val_size=0 is not allowed: give a whole number of samples, at least 1"),
     ("model=mlp", "seed=abc", "seed='abc' is not allowed: give a whole number"),
+    ("model=mlp", "seed=-1", "seed=-1 is not allowed: give a whole number from 0 to 4294967295"),
+    ("model=mlp", "seed=4294967296", "seed=4294967296 is not allowed: give a whole number from 0 to 4294967295"),
+    ("model=mlp", "optimizer.lr=inf", "optimizer.lr=inf is not allowed: the learning rate must be a positive number"),
+    ("model=mlp", "optimizer.lr=nan", "optimizer.lr=nan is not allowed"),
+    ("optimizer=momentum", "optimizer.momentum=nan", "optimizer.momentum=nan is not allowed"),
+    ("model=mlp", "optimizer.weight_decay=inf", "optimizer.weight_decay=inf is not allowed"),
+    ("model=mlp", "model.net.dropout=nan", "model.net.dropout=nan is not allowed"),
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
     ("model=mlp", "monitor=test/acc", "monitor='test/acc' is not allowed"),
 ]
@@ -362,3 +369,42 @@ def test_a_stop_signal_in_any_phase_saves_the_weights_and_marks_the_run(
     stopped = json.loads((run_dir / "metrics.json").read_text())["stopped"]
     assert stopped["reason"] == "interrupted" and stopped["message"].startswith(name)
     assert load(run_dir / "checkpoints" / "interrupted.ckpt")["global_step"] >= 8  # after epoch 1's steps
+
+
+def damaged_checkpoints(good: Path, directory: Path) -> dict[str, tuple[Path, str]]:
+    """Each kind of bad checkpoint file, beside the plain-words reason it must be refused with."""
+    truncated, random_bytes = directory / "truncated.ckpt", directory / "random.ckpt"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    random_bytes.write_bytes(bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0)).tolist()))
+    return {
+        "truncated": (truncated, "is cut short (the file ends before its index"),
+        "random bytes": (random_bytes, "is not a checkpoint (not a file written by torch.save)"),
+        "missing": (directory / "missing.ckpt", "no such checkpoint file"),
+    }
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_are_refused_in_plain_words_by_train_and_eval(idx_dir: Path, tmp_path: Path) -> None:
+    first = run("src/train.py", *small(idx_dir), "max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert first.returncode == 0, first.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for kind, (path, reason) in damaged_checkpoints(checkpoints / "last.ckpt", checkpoints).items():
+        for command in (
+            ["src/train.py", *small(idx_dir), f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'again'}"],
+            ["src/eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        ):
+            done = run(*command)
+            assert done.returncode == 2, (kind, done.stderr)
+            (line,) = done.stderr.strip().splitlines()
+            assert reason in line and line.startswith("error: "), (kind, line)
+            assert "weights_only" not in line and "miniz" not in line
+
+
+@pytest.mark.slow
+def test_eval_without_a_checkpoint_says_how_to_give_one(tmp_path: Path) -> None:
+    done = run("src/eval.py", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
+        "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt"
+    )

@@ -1,6 +1,7 @@
 """Checkpoints that survive a kill, load without unpickling code, and say why they do not fit a model."""
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,29 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
 def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     """A checkpoint's contents, refusing anything but tensors and plain data (no unpickling of code)."""
     require(path.is_file(), f"{path}: no such checkpoint file")
+    with open(path, "rb") as file:
+        complete = zipfile.is_zipfile(file)  # torch.save writes a zip archive; its index is at the end
+        file.seek(0)
+        starts_as_zip = file.read(4) == b"PK\x03\x04"
+    require(
+        complete,
+        f"{path}: is cut short (the file ends before its index; a copy or a write that did not finish): use "
+        "another checkpoint, such as last.ckpt or best.ckpt of the same run"
+        if starts_as_zip
+        else f"{path}: is not a checkpoint (not a file written by torch.save); use a checkpoint written by descent",
+    )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
+    except pickle.UnpicklingError:
         raise DescentError(
-            f"{path}: holds objects other than tensors and plain data, which are not loaded ({first_line}); "
-            "use a checkpoint written by descent"
+            f"{path}: holds objects other than tensors and plain data, which descent does not load (they could run "
+            "code); use a checkpoint written by descent"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise DescentError(f"{path}: not a readable checkpoint ({' '.join(str(error).split())})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile):
+        raise DescentError(
+            f"{path}: is damaged (its contents do not read back whole); use another checkpoint, such as last.ckpt "
+            "or best.ckpt of the same run"
+        ) from None
 
 
 def check_fits(path: Path, model: torch.nn.Module, key: str = "ckpt_path") -> None:

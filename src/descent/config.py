@@ -61,8 +61,9 @@ def check_config(cfg: DictConfig) -> None:
         f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
     )
     require(
-        cfg.seed is None or is_whole(cfg.seed),
-        f"seed={cfg.seed!r} is not allowed: give a whole number, or null for no seeding",
+        cfg.seed is None or (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32),
+        f"seed={cfg.seed!r} is not allowed: give a whole number from 0 to {2**32 - 1} (what numpy and Lightning "
+        "accept), or null for no seeding",
     )
     require(
         is_whole(cfg.max_epochs) and cfg.max_epochs >= 1,

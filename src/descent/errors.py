@@ -1,6 +1,7 @@
 """One exception for every mistake a user can fix, and the one-line report of it."""
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -81,8 +82,8 @@ def is_whole(value: object) -> bool:
 
 
 def is_number(value: object) -> bool:
-    """An int or a float, and not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float, and not a bool: nan and inf are refused wherever a number is expected."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require(condition: Any, message: str) -> None:

@@ -150,6 +150,11 @@ def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) ->
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Figures of a checkpoint on the train, val and test sets of the run that wrote it."""
+    require(
+        cfg.ckpt_path is not None,
+        "ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
+        "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt",
+    )
     ckpt_path = Path(cfg.ckpt_path)
     require(ckpt_path.is_file(), f"ckpt_path={ckpt_path}: no such checkpoint file")
     run_config = ckpt_path.parent.parent / "config.yaml"
