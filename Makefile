@@ -12,7 +12,22 @@ install: $(PY) ## create .venv and install descent with its dev, optuna and slur
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,optuna,slurm]'
 
-train: ## train with the default config (MNIST, SGD, B=64)
+# Offline, Fashion-MNIST comes from Debian's package; online, torchvision downloads it at the first run.
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+APT_GET ?= apt-get
+data: ## Fashion-MNIST for an offline machine: Debian's dataset-fashion-mnist (installed as root), or the command
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then \
+		echo "Fashion-MNIST is there"; \
+	elif command -v $(APT_GET) >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		$(APT_GET) install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+		|| ($(APT_GET) update -qq && $(APT_GET) install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "could not install it: with network, torchvision downloads Fashion-MNIST at the first run"; \
+	else \
+		echo "Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist' (Debian, Ubuntu), or train once with network access (torchvision downloads it)"; \
+	fi
+
+train: data ## train with the default config (Fashion-MNIST, SGD, B=64, 10 epochs)
 	$(PY) src/train.py
 
 test: ## run the test suite (offline)
@@ -24,6 +39,7 @@ lint: ## ruff check and format check
 
 SWEEP ?= $(lastword $(sort $(wildcard logs/train/multiruns/*)))
 report: ## figure and table of a sweep: make report [SWEEP=logs/train/multiruns/<time>] (default: the latest)
+	@if [ -z "$(SWEEP)" ]; then echo "error: no sweep in logs/train/multiruns/ yet: run one first, e.g. python src/train.py -m optimizer=gd,sgd, or make study" >&2; exit 2; fi
 	$(PY) src/report.py $(SWEEP)
 
 study: ## the GD-versus-SGD study on Fashion-MNIST, then its report
@@ -42,4 +58,5 @@ bench-imagenet: ## full-size synthetic Imagenet32 (3.9 GB, made once): data path
 tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs
 
-.PHONY: help install train test lint report study bench bench-gd bench-imagenet tensorboard
+
+.PHONY: help install data train test lint report study bench bench-gd bench-imagenet tensorboard

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from descent.errors import check_group_options, exit_on_error
+from descent.multirun import job_dir_name
+
+OmegaConf.register_new_resolver("job_dir_name", job_dir_name)  # names a sweep's job dirs (conf/train.yaml)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -1,10 +1,11 @@
 """The commands of the README, run as a user runs them: subprocesses of src/train.py and src/eval.py."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import events, run, scalars, small
+from helpers import ROOT, events, run, scalars, small
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +49,33 @@ def test_sweep_over_optimizer_and_batch_size_leaves_one_run_each(idx_dir: Path, 
     assert done.returncode == 0, done.stderr
     runs = {path.parent.name: path.parent for path in tmp_path.glob("*/metrics.json")}
     swept = {}
-    for (
-        name,
-        run_dir,
-    ) in runs.items():  # dirs are named by the job's overrides, e.g. batch_size=64,...,optimizer=gd
-        overrides = dict(item.split("=") for item in name.split(","))
+    for name, run_dir in runs.items():  # dirs are named by the job's overrides: batch_size:64+...+optimizer:gd
+        overrides = dict(item.split(":") for item in name.split("+"))
         swept[overrides["optimizer"], int(overrides["batch_size"])] = run_dir
     assert sorted(swept) == [("gd", 64), ("gd", 128), ("sgd", 64), ("sgd", 128)]
     for (optimizer, batch_size), run_dir in swept.items():
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
         per_epoch = 1 if optimizer == "gd" else -(-500 // batch_size)  # ceil(N / B) for SGD
         assert scalars(run_dir)["progress/steps"] == [per_epoch, 2 * per_epoch]
+
+
+@pytest.mark.parametrize("swept", ["model.net.hidden=[16,8],[24]", "optimizer.lr=0.06,0.03"])
+def test_a_sweep_job_dir_works_verbatim_as_ckpt_path_and_resume(idx_dir: Path, tmp_path: Path, swept: str) -> None:
+    """Paths as `ls` shows them, typed back unquoted: no `=`, `,`, brackets or quotes in a job dir's name."""
+    sweep = tmp_path / "sweep"
+    done = run("src/train.py", "-m", swept, *small(idx_dir)[:-2], "max_epochs=1", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr
+    jobs = sorted(path.parent for path in sweep.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert not set(job.name) & set("=,[]'\" ${}*?"), job.name
+        evaluated = run("src/eval.py", f"ckpt_path={job}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path / 'eval'}")
+        assert evaluated.returncode == 0, evaluated.stderr
+        resumed = run("src/train.py", f"resume={job}", "max_epochs=2", f"hydra.run.dir={tmp_path / 'resume'}")
+        assert resumed.returncode == 0, resumed.stderr
+        assert [row["epoch"] for row in json.loads((job / "metrics.json").read_text())["history"]] == [1, 2]
+    shell = subprocess.run(f"ls -d {jobs[0]}", shell=True, capture_output=True, text=True)  # no quoting needed
+    assert shell.stdout.strip() == str(jobs[0])
 
 
 BAD_INPUTS = [
@@ -103,12 +120,43 @@ def test_bad_input_ends_in_one_clear_message_and_a_nonzero_exit(
 def test_missing_data_offline_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = run("src/train.py", f"data.data_dir={empty}", "data.download=false", f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [
-        f"error: MNIST files not found in {empty}, {empty}/MNIST/raw and data.download=false: put the four IDX "
-        "files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
-        "optionally .gz) in data.data_dir, or run once with network access"
-    ]
+    debian = ", or install Debian's dataset-fashion-mnist package (make data)"
+    for data, extra in (("mnist", ""), ("fashion_mnist", debian)):
+        name = "MNIST" if data == "mnist" else "FashionMNIST"
+        done = run(
+            "src/train.py", f"data={data}", f"data.data_dir={empty}", "data.download=false", "data.system_dir=null",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"error: {name} files not found in {empty}, {empty}/{name}/raw and data.download=false: put the four "
+            "IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            f"t10k-labels-idx1-ubyte, optionally .gz) in data.data_dir, or run once with network access{extra}"
+        ]
     assert "Traceback" not in done.stderr
+
+
+def test_make_data_installs_fashion_mnist_with_apt_as_root_or_says_the_command(tmp_path: Path) -> None:
+    """`make train` runs `make data` first; here with a stand-in for apt-get that records what it was asked."""
+    import os
+
+    def make_data(**variables: str) -> str:
+        settings = [f"{key}={value}" for key, value in variables.items()]
+        done = subprocess.run(["make", "-s", "data", *settings], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    assert make_data(FASHION_MNIST_DIR=str(installed)) == "Fashion-MNIST is there"
+    missing = str(tmp_path / "missing")
+    no_apt = make_data(FASHION_MNIST_DIR=missing, APT_GET="no-such-apt-get")
+    assert no_apt.startswith("Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist'")
+    if os.getuid() == 0:
+        asked = tmp_path / "asked"
+        apt = tmp_path / "apt-get"
+        apt.write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
+        apt.chmod(0o755)
+        assert make_data(FASHION_MNIST_DIR=missing, APT_GET=str(apt)) == "installing Debian's dataset-fashion-mnist"
+        assert asked.read_text().splitlines() == ["install -y -qq dataset-fashion-mnist"]

@@ -59,7 +59,7 @@ def test_optimizer_and_scheduler_options_instantiate(make_cfg, optimizer: str, s
     assert isinstance(optim, torch.optim.Optimizer)
     assert optim.param_groups[0]["lr"] == cfg.optimizer.lr
     assert (scheduler != "none") == isinstance(configured, dict)
-    assert cfg.full_batch == (optimizer == "gd")
+    assert cfg.full_batch == (optimizer in ("gd", "lbfgs"))  # full-batch methods
 
 
 @pytest.mark.parametrize("logger", options("logger"))
@@ -99,8 +99,8 @@ def test_method_options_set_optimizer_batch_size_and_rate(make_cfg, method: str)
     cfg = make_cfg(f"method={method}", "data=synthetic")
     check_config(cfg)
     data, model = build(cfg)
-    assert cfg.full_batch == (method == "gd")
-    expected_batch = data.num_train if method == "gd" else int(method.removeprefix("sgd_b"))
+    assert cfg.full_batch == (method in ("gd", "lbfgs"))
+    expected_batch = data.num_train if cfg.full_batch else int(method.removeprefix("sgd_b"))
     assert data.samples_per_step == expected_batch
     assert model.configure_optimizers().param_groups[0]["lr"] == cfg.optimizer.lr
 
@@ -236,7 +236,12 @@ def test_callbacks_options_instantiate_lightning_callbacks(make_cfg, callbacks: 
     cfg = make_cfg(f"callbacks={callbacks}")
     trainer = build_trainer(cfg, Path(cfg.run_dir))
     names = {type(callback).__name__ for callback in trainer.callbacks}
-    expected = {"none": set(), "early_stopping": {"EarlyStopping"}, "lr_monitor": {"LearningRateMonitor"}}
+    expected = {
+        "none": set(),
+        "early_stopping": {"EarlyStopping"},
+        "lr_monitor": {"LearningRateMonitor"},
+        "steps_to_target": {"StepsToTarget"},
+    }
     assert expected[callbacks] <= names
     if callbacks == "early_stopping":
         (stopping,) = [c for c in trainer.callbacks if type(c).__name__ == "EarlyStopping"]

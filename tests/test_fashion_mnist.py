@@ -39,15 +39,18 @@ def test_two_epochs_of_sgd_reach_84_percent_test_accuracy(tmp_path: Path) -> Non
 
 
 def test_the_cnn_trains_on_fashion_mnist_with_sgd_and_gd(tmp_path: Path) -> None:
-    """model=cnn end to end on the real files: one epoch of SGD, two exact GD steps in chunks."""
+    """model=cnn end to end on the real files: one epoch of SGD with momentum, two exact GD steps in chunks."""
     common = ["data=fashion_mnist", f"data.data_dir={tmp_path / 'no-data-here'}", "data.download=false",
               "model=cnn", "trainer=cpu", "logger=none"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        sgd = compose("train", overrides=[*common, "batch_size=64", "max_epochs=1", f"run_dir={tmp_path / 'sgd'}"])
+        sgd = compose(
+            "train",
+            overrides=[*common, "optimizer=momentum", "batch_size=64", "max_epochs=1", f"run_dir={tmp_path / 'sgd'}"],
+        )
         gd = compose("train", overrides=[*common, "optimizer=gd", "max_epochs=2", f"run_dir={tmp_path / 'gd'}"])
     result = train(sgd)
     assert result["final"]["progress/steps"] == 860
-    assert result["final"]["test/acc"] >= 0.75
+    assert result["final"]["test/acc"] >= 0.80  # 83.3% measured (seed 0)
     history = train(gd)["history"]
     assert [row["progress/steps"] for row in history] == [1, 2]
     assert history[1]["train/loss"] < history[0]["train/loss"]

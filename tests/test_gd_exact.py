@@ -30,3 +30,55 @@ def test_one_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_same(trained_step(run_dir), reference_step(make_cfg, f"model={model}"))
+
+
+@pytest.mark.slow
+def test_one_gd_step_on_two_torchrun_nodes_equals_one_step_on_all_the_data(
+    make_cfg, idx_dir: Path, tmp_path: Path
+) -> None:
+    """Multi-node from the config alone: torchrun starts one process on each of two "nodes" (this machine, over the
+    loopback), trainer.num_nodes=2, the same pinned run dir on both; the GD step is that of one process."""
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import ROOT, environment
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = tmp_path / "two-nodes"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    nodes = [
+        subprocess.Popen(
+            [
+                str(torchrun),
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "src/train.py",
+                "trainer=cpu",
+                "trainer.strategy=ddp",
+                "trainer.num_nodes=2",
+                *EXACT,
+                "chunk_size=33",
+                "data.val_size=100",
+                "model.net.hidden=[32]",
+                f"data.data_dir={idx_dir}",
+                "data.download=false",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=ROOT,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=300)
+        assert node.returncode == 0, stderr
+    assert_same(trained_step(run_dir), reference_step(make_cfg))

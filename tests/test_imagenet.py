@@ -239,7 +239,7 @@ def test_a_two_job_multirun_with_ddp_cpu_leaves_exactly_two_run_dirs(idx_dir: Pa
     sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps
     jobs = sorted(path for path in sweeps[0].iterdir() if path.is_dir())
-    assert [path.name.split("seed=")[1].split(",")[0] for path in jobs] == ["0", "1"]
+    assert [path.name.split("seed:")[1].split("+")[0] for path in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "metrics.json").is_file() and (job / "train_ddp_process_1.log").is_file()
     assert not (tmp_path / "logs" / "train" / "runs").exists()  # rank 1 ran in the job's dir, not a dir of its own

@@ -45,9 +45,9 @@ def percent(fraction: float) -> str:
 
 
 def run_dirs(sweep_dir: Path) -> dict[str, Path]:
-    """The sweep's run dirs by the override that tells them apart: {"optimizer=gd": ..., "optimizer=sgd": ...}."""
+    """The sweep's run dirs by the override that tells them apart: {"optimizer:gd": ..., "optimizer:sgd": ...}."""
     dirs = [path.parent for path in sweep_dir.glob("*/metrics.json")]
-    return {next(item for item in path.name.split(",") if item.startswith("optimizer=")): path for path in dirs}
+    return {next(item for item in path.name.split("+") if item.startswith("optimizer:")): path for path in dirs}
 
 
 def expected_row(run_dir: Path, target_error: float) -> list[str]:
@@ -97,7 +97,7 @@ def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path)
     assert "| run | best val/error | best epoch | test error at best | final test error |" in markdown
     assert "The best epoch is the one with the lowest val/error" in markdown
     rows = {row[0]: row[1:] for row in table_rows(markdown)}
-    assert sorted(rows) == ["`optimizer=gd`", "`optimizer=sgd`"]  # the overrides all runs share are left out
+    assert sorted(rows) == ["`optimizer:gd`", "`optimizer:sgd`"]  # the overrides all runs share are left out
     for name, run_dir in dirs.items():
         assert rows[f"`{name}`"] == expected_row(run_dir, target)
     objective = {name: float(rows[f"`{name}`"][0].rstrip("%")) for name in dirs}  # best val/error, best first
@@ -111,12 +111,12 @@ def test_a_target_error_that_some_run_misses_says_not_reached(sweep: Path, tmp_p
     shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
     dirs = run_dirs(tmp_path)
     lowest = {name: lowest_test_error(path) for name, path in dirs.items()}
-    assert lowest["optimizer=gd"] > lowest["optimizer=sgd"], "lr=0.05 should leave three GD steps behind SGD"
-    target = lowest["optimizer=sgd"]
+    assert lowest["optimizer:gd"] > lowest["optimizer:sgd"], "lr=0.05 should leave three GD steps behind SGD"
+    target = lowest["optimizer:sgd"]
     from descent.report import write_report  # here: matplotlib takes seconds to import, even for deselected tests
 
     rows = {row[0]: row[1:] for row in table_rows(write_report(tmp_path, target))}
-    assert rows["`optimizer=gd`"][-1] == "not reached"
+    assert rows["`optimizer:gd`"][-1] == "not reached"
     for name, run_dir in dirs.items():
         assert rows[f"`{name}`"] == expected_row(run_dir, target)
 
@@ -125,14 +125,14 @@ def test_a_single_run_dir_and_a_dir_above_the_sweep_are_reports_too(sweep: Path,
     from descent.report import write_report
 
     single = tmp_path / "single"
-    shutil.copytree(run_dirs(sweep)["optimizer=sgd"], single)
+    shutil.copytree(run_dirs(sweep)["optimizer:sgd"], single)
     rows = table_rows(write_report(single))
     assert [row[0] for row in rows] == ["`single`"]
     assert rows[0][1:] == expected_row(single, lowest_test_error(single))
     above = tmp_path / "above"
     shutil.copytree(sweep, above / "sweep")
     rows = table_rows(write_report(above))
-    assert sorted(row[0] for row in rows) == ["`optimizer=gd`", "`optimizer=sgd`"]
+    assert sorted(row[0] for row in rows) == ["`optimizer:gd`", "`optimizer:sgd`"]
     assert (above / "report.png").is_file() and (above / "report.md").is_file()
 
 

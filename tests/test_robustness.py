@@ -251,12 +251,34 @@ def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(idx_dir: P
     before = digest(tmp_path / "run")
     done = run("src/train.py", f"resume={tmp_path / 'run'}", "optimizer.lr=0.3", f"hydra.run.dir={tmp_path / 'r'}")
     assert done.returncode == 2
-    assert f"error: resume={tmp_path / 'run'}: optimizer.lr=0.3 cannot change when a run goes on" in done.stderr
+    assert done.stderr.strip() == (
+        f"error: resume={tmp_path / 'run'}: optimizer.lr (the run has 0.05, the command line 0.3) cannot change when "
+        "a run goes on; only max_epochs, trainer, data.data_dir, data.system_dir, data.download, logger can (start a "
+        "new run for other settings, or from these weights with ckpt_path=)"
+    )
+    done = run("src/train.py", f"resume={tmp_path / 'run'}", "max_epochs=2", f"hydra.run.dir={tmp_path / 'r'}")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: resume={tmp_path / 'run'}: the run has finished 2 epochs, so max_epochs=2 leaves nothing to do; "
+        "give max_epochs larger than 2 to train it longer"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     done = run("src/train.py", f"resume={empty}", f"hydra.run.dir={tmp_path / 'r2'}")
     assert done.returncode == 2 and f"error: resume={empty}: no config.yaml there" in done.stderr
     assert digest(tmp_path / "run") == before
+
+
+@pytest.mark.slow
+def test_the_runs_own_command_with_resume_appended_goes_on(idx_dir: Path, tmp_path: Path) -> None:
+    """Up-arrow, append resume=: the overrides repeat the run's own values, which are not changes."""
+    command = ["src/train.py", *small(idx_dir), "data=fashion_mnist", "seed=0", "optimizer=sgd", "batch_size=64"]
+    first = run(*command[:-1], "max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert first.returncode == 0, first.stderr
+    again = run(*command, f"resume={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
 
 
 def test_resume_with_more_epochs_goes_on_in_the_same_dir(make_cfg, tmp_path: Path) -> None:
@@ -408,3 +430,21 @@ def test_eval_without_a_checkpoint_says_how_to_give_one(tmp_path: Path) -> None:
         "error: ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
         "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt"
     )
+
+
+def test_a_resumed_run_keeps_every_csv_row_written_before(make_cfg, tmp_path: Path) -> None:
+    """Lightning's CSVLogger deletes metrics.csv when a run reopens it; descent's keeps each epoch's row once."""
+    import csv
+
+    from descent.checkpoints import resumed_config
+
+    train(make_cfg("max_epochs=2", "logger=csv"))
+    cfg = make_cfg("max_epochs=3", "logger=csv", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "elsewhere")
+    train(resumed_config(cfg, [f"resume={tmp_path / 'run'}", "max_epochs=3"]))
+    with open(tmp_path / "run" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    per_epoch = [row for row in rows if row.get("test/error")]
+    assert [int(float(row["step"])) for row in per_epoch] == [1, 2, 3]  # the epoch axis: each epoch once
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    for row, expected in zip(per_epoch, final, strict=True):
+        assert float(row["test/error"]) == pytest.approx(expected["test/error"])

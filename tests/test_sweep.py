@@ -59,8 +59,12 @@ def test_a_2x2_sweep_summarises_each_run_and_each_configuration_over_seeds(idx_d
 
 def test_a_failed_job_is_reported_and_does_not_stop_the_others(idx_dir: Path, tmp_path: Path) -> None:
     done = run("src/train.py", "-m", "batch_size=100000,50", *small(idx_dir), f"hydra.sweep.dir={tmp_path}")
-    assert done.returncode != 0  # the sweep as a whole failed, after running every job
+    assert done.returncode == 1  # the sweep as a whole failed, after running every job
     assert "error: batch_size=100000 is larger than the training set (N=500)" in done.stderr
+    assert "Traceback" not in done.stderr
+    last = [line for line in done.stderr.splitlines() if line.startswith("error: ")][-1]
+    assert last.startswith("error: 1 of 2 jobs failed (the first: batch_size=100000,")
+    assert last.endswith(f"each one's error is in {tmp_path}/summary.md")
     _, runs = read_summary(tmp_path)
     status = {row["batch_size"]: row for row in runs}
     assert status["50"]["status"] == "ok"
@@ -165,3 +169,24 @@ def test_runs_are_read_from_metrics_json_error_txt_or_marked_running(tmp_path: P
     assert (running.name, running.status, running.history, running.objective) == ("running", "running", [], math.inf)
     (single,) = read_runs(tmp_path / "ok")  # a run dir is read as itself, named by its dir
     assert (single.name, single.best) == ("ok", ok.best)
+
+
+def test_a_search_outlives_a_trial_whose_learning_rate_diverges(tmp_path: Path) -> None:
+    """The search space holds a learning rate that diverges: that trial is failed, the others go on to n_trials."""
+    done = run(
+        "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4",
+        "optimizer.lr=choice(1000000.0,0.05)", "data=synthetic", "data.num_train=600", "data.num_test=200",
+        "data.val_size=100", "max_epochs=1", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    _, runs = read_summary(tmp_path)
+    assert len(runs) == 4  # n_trials, the failed one among them
+    failed = [row for row in runs if row["status"] == "failed"]
+    assert failed and all(row["optimizer.lr"] == "1000000.0" for row in failed)
+    assert all("training diverged" in row["error"] for row in failed)
+    (note,) = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    assert note.startswith(f"note: {len(failed)} of 4 trials failed")
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    best = min(float(row["best val/error"]) for row in runs if row["status"] == "ok")
+    assert f"best_value: {best}" in results and "optimizer.lr: 0.05" in results

@@ -34,7 +34,7 @@ def test_hparams_tab_lists_the_settings_with_real_final_and_best_figures(make_cf
     assert session.hparams["net.hidden"].string_value == "[32]"
     assert session.hparams["net.activation"].string_value == "relu"
     assert session.hparams["seed"].number_value == 3
-    assert session.hparams["data"].string_value == "MNIST"
+    assert session.hparams["data"].string_value == "FashionMNIST"  # the default, on the test's own files
     experiment = next(data.experiment for tag, data in plugin.items() if tag.endswith("experiment"))
     metric_tags = {info.name.tag for info in experiment.metric_infos}
     assert "hp_metric" not in metric_tags

@@ -1,7 +1,9 @@
 """Checkpoints that survive a kill, load without unpickling code, and say why they do not fit a model."""
 
 import pickle
+import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +11,13 @@ import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LRScheduler
 
 from descent.errors import DescentError, require
 from descent.files import replace
+
+SCHEDULE_LENGTHS = ("T_max", "total_iters")
+"""Scheduler settings that are the run's length in epochs when they equal max_epochs (CosineAnnealingLR, LinearLR)."""
 
 RESUMABLE = ("max_epochs", "trainer", "data.data_dir", "data.system_dir", "data.download", "logger")
 """What `resume=<run dir>` lets the command line change: how long and where the run goes on, not what it is."""
@@ -108,24 +114,67 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         f"resume={run_dir}: no checkpoints/last.ckpt there (the run ended before its first epoch did); "
         "start it again without resume",
     )
+    resumed = OmegaConf.load(saved)
+
+    def value(config: DictConfig, key: str) -> Any:
+        node = OmegaConf.select(config, key)
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+    # The run's own command with resume= appended repeats its settings: only values that differ are changes.
     changed = [item for item in overrides if not item.startswith(("resume=", "hydra.", "hydra/"))]
-    refused = [item for item in changed if not item.lstrip("+~").startswith(RESUMABLE)]
+    keys = {item: item.lstrip("+~").split("=", 1)[0] for item in changed}
+    refused = [
+        f"{key} (the run has {value(resumed, key)!r}, the command line {value(cfg, key)!r})"
+        for item, key in keys.items()
+        if not key.startswith(RESUMABLE) and value(cfg, key) != value(resumed, key)
+    ]
     require(
         not refused,
-        f"resume={run_dir}: {', '.join(refused)} cannot change when a run goes on; only "
-        f"{', '.join(RESUMABLE)} can (start a new run for other settings)",
+        f"resume={run_dir}: {'; '.join(refused)} cannot change when a run goes on; only "
+        f"{', '.join(RESUMABLE)} can (start a new run for other settings, or from these weights with ckpt_path=)",
     )
-    resumed = OmegaConf.load(saved)
-    for item in changed:
-        key, value = item.lstrip("+~").split("=", 1)
+    done = len(load(last).get("descent", {}).get("history", []))
+    max_epochs = value(cfg, "max_epochs") if any(key == "max_epochs" for key in keys.values()) else resumed.max_epochs
+    require(
+        max_epochs > done,
+        f"resume={run_dir}: the run has finished {done} epochs, so max_epochs={max_epochs} leaves nothing to do; "
+        f"give max_epochs larger than {done} to train it longer",
+    )
+    for key in keys.values():
         if key in ("trainer", "logger"):  # a group choice: take the command line's whole composed group
             resumed[key] = cfg[key]
         else:
             OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
-    # config.yaml is resolved: the keys that others were interpolated from must be passed on by hand.
+    # config.yaml is resolved: the keys that others were interpolated from must be passed on by hand. A schedule's
+    # length (a cosine's T_max: ${max_epochs} in conf/scheduler/) follows the new max_epochs, so an extended run
+    # goes on as a run launched with it would (Classifier rebuilds the restored scheduler from these settings).
+    old_max_epochs = OmegaConf.load(saved).max_epochs
+    for key in SCHEDULE_LENGTHS:
+        if (resumed.get("scheduler") or {}).get(key) == old_max_epochs:
+            resumed.scheduler[key] = resumed.max_epochs
     resumed.trainer.max_epochs = resumed.max_epochs
     resumed.trainer.default_root_dir = resumed.run_dir = str(run_dir)
     if "save_dir" in (resumed.get("logger") or {}):
         resumed.logger.save_dir = str(run_dir)
-    resumed.ckpt_path, resumed.resume = str(last), str(run_dir)
+    resumed.ckpt_path, resumed.resume = None, str(run_dir)
     return resumed
+
+
+def rebuild_schedule(trainer: Any, scheduler: Callable[[Any], LRScheduler] | None, epochs_done: int) -> None:
+    """After resume=, the schedule a run launched with this config's settings would be at, after `epochs_done`.
+
+    A restored scheduler keeps the settings of the run that saved it: a cosine over the old max_epochs would
+    restart upward once extended. Rebuilt from the base rates and stepped once per epoch done, it is the new
+    run's, whatever the schedule (one that depends on the epoch alone comes out as it was).
+    """
+    config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
+    if config is None or scheduler is None or not isinstance(config.scheduler, LRScheduler):
+        return
+    optimizer = config.scheduler.optimizer
+    for group, base in zip(optimizer.param_groups, config.scheduler.base_lrs, strict=True):
+        group["lr"] = base
+    with warnings.catch_warnings():  # stepping the schedule before the optimizer is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        config.scheduler = scheduler(optimizer)
+        for _ in range(epochs_done):
+            config.scheduler.step()

@@ -75,6 +75,13 @@ def check_config(cfg: DictConfig) -> None:
         f"memory_budget_bytes={budget!r} is not allowed: give a positive number of bytes, or null for what the "
         "device reports as free",
     )
+    noise = cfg.get("noise") or {}
+    for key in ("batch_size", "samples"):
+        value = noise.get(key, 1)
+        require(
+            is_whole(value) and value >= 1,
+            f"noise.{key}={value!r} is not allowed: give a positive whole number",
+        )
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
         require(

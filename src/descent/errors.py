@@ -44,6 +44,10 @@ def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
             print(f"{error.label}: {error}", file=sys.stderr)
             if in_multirun() and not error.stops_a_sweep:
                 raise
+            if in_multirun():
+                from descent.sweep import summarise_stopped_sweep
+
+                summarise_stopped_sweep()
             raise SystemExit(error.exit_code) from None
 
     return wrapper
@@ -55,12 +59,16 @@ def check_group_options(overrides: list[str], conf: Path) -> None:
     Hydra's own message for it spans a dozen lines, the config search path among them. Multirun lists
     (`optimizer=gd,nope`) and lists of options (`callbacks=[a,b]`) are checked option by option.
     """
+    searchpath = [item.partition("=")[2].strip("[]") for item in overrides if item.startswith("hydra.searchpath=")]
+    roots = [conf, *(Path(entry.strip()[len("file://") :]) for entry in ",".join(searchpath).split(",") if entry)]
+    if any(not entry.strip().startswith("file://") for entry in ",".join(searchpath).split(",") if entry):
+        return  # a package on the search path: its options cannot be listed here, Hydra will say
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        group = conf / key
-        if not sep or key.startswith("hydra") or not group.is_dir() or value in ("", "null"):
+        groups = [root / key for root in roots if (root / key).is_dir()]
+        if not sep or key.startswith("hydra") or not groups or value in ("", "null"):
             continue
-        options = sorted(path.stem for path in group.glob("*.yaml"))
+        options = sorted({path.stem for group in groups for path in group.glob("*.yaml")})
         for option in value.strip("[]").split(","):
             require(
                 option.strip() in options,

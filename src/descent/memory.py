@@ -107,9 +107,11 @@ def estimate(
 
 
 def plan_chunk_size(plan: MemoryPlan, step_size: int, chunk_size: int, full_batch: bool, device: torch.device) -> int:
-    """The chunk size to train with: as configured when it fits the budget; smaller for GD when it does not.
+    """The most samples in one forward pass: `chunk_size` when it fits the budget, else what does.
 
-    `step_size` and `chunk_size` are per rank. SGD with a step that does not fit fails here, before training.
+    A step of SGD is one chunk when it fits (B per rank at most), GD's is cut into chunks of this size; the
+    evaluation, which keeps no graph, reads chunks of this size too. `step_size` and `chunk_size` are per rank.
+    SGD with a step that does not fit fails here, before training.
     """
     require(
         plan.fixed_bytes < plan.budget_bytes,
@@ -132,4 +134,4 @@ def plan_chunk_size(plan: MemoryPlan, step_size: int, chunk_size: int, full_batc
         )
         chunk = largest
     log.info(plan.describe(chunk, device))
-    return chunk
+    return min(chunk_size, largest)

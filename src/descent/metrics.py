@@ -2,8 +2,10 @@
 
 Every figure of epoch k is that of the parameters theta^k at the end of the epoch, over a whole set, in eval mode,
 computed exactly from sums over the set's chunks (and ranks). To add a metric, add what a chunk contributes to SUMS
-and how the set's figure follows from the sums to FIGURES; the module logs it as `{set}/{name}` for every set,
-and metrics.json, TensorBoard, the console table (TABLE) and the sweep summary take it from there.
+and how the set's figure follows from the sums to FIGURES: the module logs it as `{set}/{name}` for every set, and
+metrics.json, TensorBoard's scalars and the sweep summary's columns take it from there. Add its name to
+LOWER_IS_BETTER too if lower is better: then `monitor` may name it, `gap/{name}` is logged and the console table
+shows it.
 """
 
 from collections.abc import Callable
@@ -38,8 +40,15 @@ MONITORS = tuple(f"{stage}/{name}" for stage in EVAL_SETS for name in LOWER_IS_B
 STEP_LOSS = "train/step_loss"
 """The training loss of one optimizer step's samples (on the step axis, every `trainer.log_every_n_steps`)."""
 
-PROGRESS = ("progress/steps", "progress/samples", "progress/lr", "time/train_s")
-"""Per-epoch bookkeeping: optimizer steps and samples so far, the epoch's learning rate, training seconds so far."""
+PROGRESS = ("progress/steps", "progress/samples", "progress/passes", "progress/lr", "time/train_s")
+"""Per-epoch bookkeeping, so far: optimizer steps, samples stepped through, gradient evaluations in training sets'
+worth (an epoch of SGD or GD is 1; L-BFGS's line search evaluates more), the epoch's learning rate, training
+seconds."""
+
+NOISE = ("noise/grad_norm", "noise/trace_cov", "noise/B_simple")
+"""The gradient noise at theta^k (descent.noise; only with noise.enabled=true): |G|, the norm of the exact full
+gradient (not its square); tr(Sigma), the trace of the per-sample gradients' covariance over the training set; and
+B_simple = tr(Sigma) / |G|^2, the batch size at which a minibatch gradient's noise matches its signal."""
 
 TABLE = tuple(f"{stage}/{name}" for stage in (*EVAL_SETS, "gap") for name in LOWER_IS_BETTER)
 """The columns of the console table."""
@@ -90,10 +99,14 @@ def epoch_line(row: dict[str, float]) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The final and best epoch's TABLE figures, a row each, for the console."""
-    header = f"{'':16}" + "".join(f"{key.replace('/', ' '):>12}" for key in TABLE)
+    widths = [max(12, len(key) + 2) for key in TABLE]
+    header = f"{'':16}" + "".join(f"{key.replace('/', ' '):>{width}}" for key, width in zip(TABLE, widths, strict=True))
     lines = [header]
     for label in ("final", "best"):
         row = result[label]
-        cells = "".join(f"{row[key]:>12.4f}" if key.endswith("loss") else f"{100 * row[key]:>11.2f}%" for key in TABLE)
+        cells = "".join(
+            f"{row[key]:>{width}.4f}" if key.endswith("loss") else f"{100 * row[key]:>{width - 1}.2f}%"
+            for key, width in zip(TABLE, widths, strict=True)
+        )
         lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
     return "\n".join(lines)

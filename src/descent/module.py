@@ -4,8 +4,8 @@ To train another loss, change `loss`; to train another network, give another `mo
 """
 
 import logging
+import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,20 +19,12 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from descent import metrics
 from descent.backprop import check_mlp
+from descent.checkpoints import rebuild_schedule
 from descent.data import EVAL_SETS, Chunk
 from descent.errors import require
-from descent.stepping import accumulate, check_before_step
+from descent.stepping import Diverged, take_step
 
 log = logging.getLogger(__name__)
-
-# The epoch's figures are reduced over the ranks before they are logged, so Lightning's advice to sync them is moot.
-warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting")
-# Per-epoch figures are logged every epoch whatever the interval; the step loss simply appears once there are steps.
-warnings.filterwarnings(
-    "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
-)
-# Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's chain of Jacobians written out
 
@@ -65,9 +57,10 @@ class Classifier(LightningModule):
         self.clip = (gradient_clip_val, gradient_clip_algorithm) if gradient_clip_val else None
         self.history: list[dict[str, float]] = []
         self.last_evaluation: dict[str, float] = {}
-        self.samples_seen, self.train_seconds = 0, 0.0
+        self.samples_seen, self.samples_evaluated, self.train_seconds = 0, 0, 0.0
         self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler: stop before the next step
-        self._clock: float | None = None
+        self.extra_figures: dict[str, float] = {}  # a callback's figures of theta^k (descent.noise), logged with them
+        self.clock: float | None = None  # when this epoch's training started (time.perf_counter), while it runs
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -91,34 +84,33 @@ class Classifier(LightningModule):
 
     def training_step(self, chunks: Sequence[Chunk], batch_idx: int) -> None:
         """One optimizer step, accumulated exactly over its chunks (`descent.stepping`)."""
-        optimizer = self.optimizers()
-        loss_sum = accumulate(self, chunks)
-        check_before_step(self, loss_sum, batch_idx + 1)
-        if self.clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.clip[0], gradient_clip_algorithm=self.clip[1])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_sum, evaluations = take_step(self, chunks, batch_idx + 1)
         if self.global_step == self.trainer.max_steps:  # max_steps mid-epoch: evaluate the weights it ends with
             self.trainer.should_stop = True
         divisor = chunks[0].loss_divisor
         self.samples_seen += round(divisor * self.trainer.world_size)
+        self.samples_evaluated += evaluations * round(divisor * self.trainer.world_size)
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
             self.log(metrics.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
 
-    def on_train_epoch_start(self) -> None:
-        self._clock = time.perf_counter()
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None:  # resume=: the schedule, for this config's max_epochs
+            rebuild_schedule(self.trainer, self.scheduler, self.current_epoch)
 
-    def _stop_clock(self) -> None:
+    def on_train_epoch_start(self) -> None:
+        self.clock = time.perf_counter()
+
+    def stop_clock(self) -> None:
         """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
         evaluated with check_val_every_n_epoch > 1)."""
-        if self._clock is not None:
+        if self.clock is not None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - self._clock
-            self._clock = None
+            self.train_seconds += time.perf_counter() - self.clock
+            self.clock = None
 
     def on_train_epoch_end(self) -> None:
-        self._stop_clock()
+        self.stop_clock()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -129,7 +121,7 @@ class Classifier(LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         if self._end_of_epoch():
-            self._stop_clock()
+            self.stop_clock()
         self._sums = torch.zeros(len(EVAL_SETS), len(metrics.SUMS), dtype=torch.float64, device=self.device)
 
     def validation_step(self, chunk: Chunk, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -143,18 +135,19 @@ class Classifier(LightningModule):
         if not self._end_of_epoch():
             return
         epoch = self.current_epoch + 1
-        figures |= dict(
-            zip(
-                metrics.PROGRESS,
-                (
-                    float(self.global_step),
-                    float(self.samples_seen),
-                    self.optimizers().param_groups[0]["lr"],
-                    self.train_seconds,
-                ),
-                strict=True,
+        lr = self.optimizers().param_groups[0]["lr"]
+        if not math.isfinite(figures["train/loss"]):  # the epoch's last step made the weights non-finite
+            raise Diverged(
+                epoch,
+                self.global_step + 1,
+                f"training diverged in epoch {epoch}: the training loss after its last step is "
+                f"{figures['train/loss']}; lower the learning rate (optimizer.lr, {lr:g})",
             )
-        )
+        num_train = getattr(self.trainer.datamodule, "num_train", None)
+        passes = self.samples_evaluated / num_train if num_train else math.nan
+        progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.train_seconds)
+        figures |= dict(zip(metrics.PROGRESS, progress, strict=True)) | self.extra_figures
+        self.extra_figures = {}
         self.history.append({"epoch": epoch, **figures})
         self.log_dict(figures)
         self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
@@ -162,9 +155,11 @@ class Classifier(LightningModule):
             log.info(metrics.epoch_line(self.history[-1]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["descent"] = {key: getattr(self, key) for key in ("history", "samples_seen", "train_seconds")}
+        kept = ("history", "samples_seen", "samples_evaluated", "train_seconds")
+        checkpoint["descent"] = {key: getattr(self, key) for key in kept}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("descent", {})
         self.history, self.samples_seen = state.get("history", []), state.get("samples_seen", 0)
+        self.samples_evaluated = state.get("samples_evaluated", self.samples_seen)
         self.train_seconds = state.get("train_seconds", 0.0)

@@ -1,4 +1,8 @@
-"""Lightning's `ddp` strategy inside a Hydra multirun: each job's ranks run that job, in that job's dir.
+"""What a Hydra multirun needs beyond Hydra: job dir names that can be typed back, and DDP ranks that run their job.
+
+Job dirs are named by their overrides, so that TensorBoard's run names say what each run is; `job_dir_name` makes
+that name a path that needs no quoting in a shell or in Hydra's override grammar (`resume=<dir>` and
+`ckpt_path=<dir>/checkpoints/best.ckpt` work as `ls` shows them).
 
 Lightning starts ranks 1..G-1 by re-running `sys.argv` with `hydra.run.dir` pinned to `HydraConfig.run.dir`.
 Under `-m`, `sys.argv` is the whole sweep and `run.dir` is not the job's dir, so each rank would start a sweep of
@@ -9,13 +13,24 @@ the next job starts its own ranks. Processes started by SLURM or torchrun are no
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 
-import torch.distributed
 from omegaconf import read_write
 
 from descent.errors import in_multirun
+
+NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.:+@%/-]")
+"""What Hydra's grammar or a shell would need quoted: brackets, commas, quotes, spaces, `=`, `$`, `*`, ..."""
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """`batch_size:32+model.net.hidden:[64,32]` (Hydra's override_dirname with `:` and `+` as separators) as
+    `batch_size:32+model.net.hidden:64-32`: list commas become `-`, brackets and quotes go, the rest becomes `_`."""
+    name = override_dirname.replace(",", "-").replace("/", "-")
+    return NOT_IN_NAMES.sub("_", re.sub(r"[\[\]{}()'\"]", "", name)) or "default"
+
 
 LIGHTNING_DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 """What `_SubprocessScriptLauncher` writes into os.environ when it starts the ranks of a job."""
@@ -40,6 +55,8 @@ def ddp_ranks_run_this_job() -> Iterator[None]:
         sys.argv = argv
         with read_write(hydra_cfg):
             hydra_cfg.run.dir = run_dir
+        import torch.distributed
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for name, value in environment.items():

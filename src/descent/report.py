@@ -11,6 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, StrMethodFormatter
 
+from descent.critical import critical_batch_section
 from descent.errors import require
 from descent.runs import Run, read_runs
 
@@ -24,7 +25,7 @@ PLAIN = StrMethodFormatter("{x:g}")
 
 def short_names(names: list[str]) -> list[str]:
     """Run names less the `key=value` overrides that every run shares, where what is left still tells runs apart."""
-    items = [name.split(",") for name in names]
+    items = [name.split("+") for name in names]  # job dirs: key:value items joined by + (descent.multirun)
     shared = set.intersection(*(set(parts) for parts in items)) if len(names) > 1 else set()
     short = [",".join(part for part in parts if part not in shared) for parts in items]
     return short if all(short) and len(set(short)) == len(short) else names
@@ -175,6 +176,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
             "",
             "![train and test curves](report.png)",
             "",
+            critical_batch_section(runs, sweep_dir),
         ]
     )
     (sweep_dir / "report.md").write_text(markdown)

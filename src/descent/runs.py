@@ -29,7 +29,7 @@ class Run:
     name: str  # its path relative to the dir searched; the dir's own name if it is the run dir
     path: Path
     overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "running"  # ok; failed (error.txt, or metrics.json marked stopped); running (no result yet)
+    status: str = "running"  # ok; failed (error.txt, or diverged); interrupted (a stop signal); running (no result)
     monitor: str | None = None
     history: list[Row] = field(default_factory=list)
     final: Row | None = None
@@ -74,7 +74,8 @@ def read_run(run_dir: Path, name: str) -> Run | None:
         if run.history and run.monitor:
             run.final, run.best = metrics.final_and_best(run.history, run.monitor)
         if "stopped" in content:  # diverged or interrupted: what it has is not a result
-            run.status, run.error = "failed", content["stopped"]["message"]
+            interrupted = content["stopped"].get("reason") == "interrupted"
+            run.status, run.error = "interrupted" if interrupted else "failed", content["stopped"]["message"]
         else:
             run.status = "ok"
     elif (run_dir / "error.txt").is_file():

@@ -73,6 +73,44 @@ def accumulate(module: "Classifier", chunks: Sequence[Chunk]) -> Tensor:
     return total
 
 
+def take_step(module: "Classifier", chunks: Sequence[Chunk], step_in_epoch: int) -> tuple[Tensor, int]:
+    """One optimizer step over `chunks`: the loss of the weights before it (summed, this rank's share) and how many
+    times the step's exact loss and gradient were evaluated (1; more for L-BFGS, whose line search re-evaluates)."""
+    optimizer = module.optimizers()
+    if isinstance(optimizer.optimizer, torch.optim.LBFGS):
+        return line_search_step(module, optimizer, chunks, step_in_epoch)
+    loss_sum = accumulate(module, chunks)
+    check_before_step(module, loss_sum, step_in_epoch)
+    if module.clip is not None:
+        module.clip_gradients(optimizer, gradient_clip_val=module.clip[0], gradient_clip_algorithm=module.clip[1])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, 1
+
+
+def line_search_step(
+    module: "Classifier", optimizer: Any, chunks: Sequence[Chunk], step_in_epoch: int
+) -> tuple[Tensor, int]:
+    """An optimizer that takes a closure (L-BFGS): each call is the step's exact mean loss and gradient, over its
+    chunks and ranks (the same value on every rank, so that their line searches agree). The checks come after the
+    step here, since its first evaluation is inside it; a non-finite loss stops the run before the next."""
+    trainer, evaluations = module.trainer, 0
+    divisor = chunks[0].loss_divisor
+
+    def closure() -> Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        optimizer.zero_grad(set_to_none=True)
+        mean = accumulate(module, chunks) / divisor
+        return trainer.strategy.reduce(mean, reduce_op="mean") if trainer.world_size > 1 else mean
+
+    first = optimizer.step(closure)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = first.detach() * divisor
+    check_before_step(module, loss_sum, step_in_epoch)
+    return loss_sum, evaluations
+
+
 def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int) -> None:
     """Raise `Diverged` on a non-finite loss, `Interrupted` after SIGINT/SIGTERM; before the step is taken.
 

@@ -22,10 +22,11 @@ from descent.files import replace_text
 from descent.runs import Run, read_runs
 
 
-def shown() -> list[tuple[str, str]]:
+def shown(noise: bool = True) -> list[tuple[str, str]]:
     """What each row shows besides the objective, as (epoch of metrics.json, key): the best epoch, its test
-    figures, the last epoch's test, train and gap figures, and training seconds. Made from descent.metrics when
-    called, so that a figure added to metrics.FIGURES is a column here too."""
+    figures, the last epoch's test, train and gap figures, training seconds and, with `noise`, the last epoch's
+    gradient noise (metrics.NOISE). Made from descent.metrics when called, so that a figure added to
+    metrics.FIGURES is a column here too."""
     names = list(metrics.FIGURES)
     return [
         ("best", "epoch"),
@@ -33,7 +34,13 @@ def shown() -> list[tuple[str, str]]:
         *(("final", f"{stage}/{name}") for stage in ("test", "train") for name in names),
         *(("final", f"gap/{name}") for name in metrics.LOWER_IS_BETTER),
         ("final", "time/train_s"),
+        *(("final", key) for key in (metrics.NOISE if noise else ())),
     ]
+
+
+def measured_noise(runs: list[Run]) -> bool:
+    """Whether any run measured the gradient noise (noise.enabled=true): only then are its columns shown."""
+    return any(run.final is not None and metrics.NOISE[0] in run.final for run in runs)
 
 
 def figures(run: Run) -> dict[str, float]:
@@ -83,7 +90,7 @@ def write_summary(sweep_dir: Path) -> None:
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
     objective = f"best {monitor}"
     keys = varying_keys(runs)
-    columns = ["objective", *(f"{row} {key}" for row, key in shown())]
+    columns = ["objective", *(f"{row} {key}" for row, key in shown(measured_noise(runs)))]
     configs = configurations(runs, keys, columns)
     rows = [{"row": "configuration", **row, "status": f"{row['finished']}/{row['runs']} finished"} for row in configs]
     rows += [
@@ -105,9 +112,12 @@ def write_summary(sweep_dir: Path) -> None:
 
 
 def cell(figure: str, value: float) -> str:
-    """A figure as the markdown shows it: rates in percent, epochs whole, seconds to 0.1, the rest to 4 places."""
+    """A figure as the markdown shows it: rates in percent, epochs whole, seconds to 0.1, gradient noise to 4
+    significant digits (B_simple may be 10^4, tr(Sigma) 10^-4), the rest to 4 places."""
     if math.isnan(value):
         return "n/a"
+    if "noise/" in figure:
+        return f"{value:.4g}"
     if figure.endswith(("error", "acc")):
         return f"{100 * value:.2f}%"
     return f"{value:.0f}" if figure.endswith("epoch") else f"{value:.1f}" if "time/" in figure else f"{value:.4f}"
@@ -118,10 +128,12 @@ def markdown(sweep_dir: Path, runs: list[Run], configs: list[dict[str, Any]], co
     titled = [(column, column.replace("objective", objective)) for column in columns]
     # The title decides the format: the objective's is that of its figure.
     failed = sum(run.status == "failed" for run in runs)
+    interrupted = sum(run.status == "interrupted" for run in runs)
+    stopped = f", {interrupted} interrupted (the sweep was stopped)" if interrupted else ""
     lines = [
         f"# Sweep {sweep_dir.name}",
         "",
-        f"{len(runs)} runs, {failed} failed. Sorted by the objective, {objective} (lower is better). "
+        f"{len(runs)} runs, {failed} failed{stopped}. Sorted by the objective, {objective} (lower is better). "
         f"Errors are rates; `final` is the last epoch, `best` the epoch with the lowest {monitor} "
         "(that of each run's metrics.json and best.ckpt).",
         "",
@@ -138,7 +150,7 @@ def markdown(sweep_dir: Path, runs: list[Run], configs: list[dict[str, Any]], co
     for run in runs:
         shown_figures = figures(run)
         cells = [cell(t, shown_figures[c]) if shown_figures else "" for c, t in titled]
-        status = f"failed: {run.error}" if run.status == "failed" else run.status
+        status = f"{run.status}: {run.error}" if run.status in ("failed", "interrupted") else run.status
         lines.append(f"| `{run.name}` | {status} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -158,3 +170,11 @@ class Summary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(Path(config.hydra.sweep.dir))
+
+
+def summarise_stopped_sweep() -> None:
+    """A stop signal ends the sweep from inside a job, before Hydra's end-of-job callback: say what it finished
+    (the stopped job marked interrupted, from its metrics.json) before the sweep exits."""
+    from hydra.core.hydra_config import HydraConfig
+
+    write_summary(Path(HydraConfig.get().sweep.dir))

@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics
-from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits
+from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load
 from descent.config import check_config
 from descent.data import ImageData
 from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
+from descent.noise import GradientNoise
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
@@ -29,15 +31,31 @@ CLIPPING = ("gradient_clip_val", "gradient_clip_algorithm")
 """Trainer settings the module applies itself: Lightning refuses them under manual optimization."""
 
 
+LIGHTNING_WARNINGS_ANSWERED = (
+    # The epoch's figures are reduced over the ranks before they are logged: the advice to sync them is moot.
+    r".*when logging on epoch level in distributed setting",
+    # Per-epoch figures are logged every epoch whatever the interval; the step loss appears once there are steps.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # resume= goes on in the run's own checkpoint dir, on purpose.
+    r"Checkpoint directory .* exists and is not empty",
+    # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
+    r".*isinstance\(treespec, LeafSpec\)",
+)
+"""Lightning warnings that descent's own design answers; every other warning is shown."""
+
+
 def quiet_lightning() -> None:
     """Lightning's info lines (devices present or not, a cloud product's tip, limits left at 100%) say nothing a
-    run's own lines do not; its warnings still show (a GPU present but unused among them). Its own console handler
-    goes too: under Hydra, its records reach the console and train.log once, through the root logger."""
+    run's own lines do not; its warnings still show (a GPU present but unused among them), but for those descent
+    answers. Its own console handler goes too: under Hydra, its records reach the console and train.log once,
+    through the root logger."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in LIGHTNING_WARNINGS_ANSWERED:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
@@ -46,11 +64,14 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
     if cfg.full_batch and batch_size != "full":
         log.warning("optimizer=gd takes one step over all N training samples: ignoring batch_size=%s", batch_size)
         batch_size = "full"
-    data: ImageData = instantiate(cfg.data, batch_size=batch_size)
+    # The top-level keys users type most feed every data set and model: a new data or model yaml need not repeat them.
+    data: ImageData = instantiate(cfg.data, batch_size=batch_size, chunk_size=cfg.chunk_size, seed=cfg.seed)
     data.setup("fit")
     net = instantiate(cfg.model.net, input_shape=data.input_shape, num_classes=data.num_classes)
     clipping = {key: cfg.trainer.get(key) for key in CLIPPING}
-    model: Classifier = instantiate(cfg.model, net=net, **clipping)
+    model: Classifier = instantiate(
+        cfg.model, net=net, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"), **clipping
+    )
     return data, model
 
 
@@ -75,6 +96,7 @@ def build_trainer(
     cfg: DictConfig, run_dir: Path, callbacks: tuple[Callback, ...] = (), **overrides: Any
 ) -> lightning.Trainer:
     """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`."""
+    quiet_lightning()
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
@@ -103,24 +125,29 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics."""
     check_config(cfg)
-    quiet_lightning()
     run_dir = Path(cfg.run_dir)
     if cfg.seed is not None:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
     stopper = KeepWeightsOnLightningStop()
     tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor)
-    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper))
+    noise = cfg.get("noise") or {}
+    measured = (GradientNoise(noise.batch_size, noise.samples),) if noise.get("enabled") else ()
+    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    if cfg.ckpt_path is not None:
+    # resume= goes on with everything the run had (Lightning's fit(ckpt_path=)); ckpt_path= is a warm start: a new
+    # run from those weights alone, with this config's optimizer, schedule and epochs, and its own bookkeeping.
+    go_on_from = str(Path(cfg.resume) / "checkpoints" / "last.ckpt") if cfg.get("resume") else None
+    if cfg.ckpt_path is not None and go_on_from is None:
         check_fits(Path(cfg.ckpt_path), model)
+        model.load_state_dict(load(Path(cfg.ckpt_path))["state_dict"])
     try:
         with stop_on_signals(model):
-            trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+            trainer.fit(model, datamodule=data, ckpt_path=go_on_from)
     except (StoppedEarly, SIGTERMException) as error:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
         stopped = error if isinstance(error, StoppedEarly) else stopper.stopped

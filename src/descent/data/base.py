@@ -54,10 +54,6 @@ class Images(Protocol):
     def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
         """Float images [n, C, H, W] on the device, normalised, for each index in turn (it may read ahead)."""
 
-    @property
-    def nbytes(self) -> int:
-        """What it holds on the device at most: the chunks in flight."""
-
 
 class Tensors:
     """A set that lives whole on the device as one float tensor: `Images` by slicing."""
@@ -260,10 +256,18 @@ class ImageData(LightningDataModule):
         chunk_size = min(self.chunk_size, self.num_train) if is_whole(self.chunk_size) else self.chunk_size
         self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
 
+    chunks_in_flight = 4
+    """Chunks of a streamed set held at once (being read ahead, moved, computed on): its memory plan's share."""
+
     @property
     def nbytes(self) -> int:
-        """What the data holds on each device: in-memory sets whole, the others' chunks in flight; the labels."""
-        return sum(images.nbytes + labels.nbytes for images, labels in self.sets.values())
+        """What the data holds on each device: in-memory sets whole, a streamed set's chunks in flight (as float32;
+        once, since one set is read at a time), and the labels."""
+        labels = sum(y.nbytes for _, y in self.sets.values())
+        whole = sum(x.nbytes for x, _ in self.sets.values() if isinstance(x, Tensors))
+        streamed = any(not isinstance(x, Tensors) for x, _ in self.sets.values())
+        chunk_bytes = self.samples_per_chunk * math.prod(self.input_shape) * 4
+        return labels + whole + (self.chunks_in_flight * chunk_bytes if streamed else 0)
 
     def _on_device(self) -> tuple[torch.device, int, int]:
         trainer = self.trainer

@@ -115,11 +115,6 @@ class MemoryMapped:
             x = host.to(self.device, non_blocking=True).float()
             yield x.sub_(self.mean).div_(self.std)
 
-    @property
-    def nbytes(self) -> int:
-        """Chunks in flight: set by the data module, which knows the chunk size."""
-        return 0
-
 
 class DownsampledImageNet(ImageData):
     """Imagenet32 or Imagenet64: 1.28M training images (val_size of them held out), the official 50k as the test set.
@@ -153,8 +148,6 @@ class DownsampledImageNet(ImageData):
         return MemoryMapped(cache, "train", depth), y_train, MemoryMapped(cache, "test", depth), y_test
 
     @property
-    def nbytes(self) -> int:
-        """What lives on the device: the chunks in flight (uint8 in, float32 out) and the labels, not the file."""
-        pixels = 3 * self.size**2
-        in_flight = (self.prefetch_depth + 2) * self.samples_per_chunk * pixels * (1 + 4)
-        return in_flight + sum(labels.nbytes for _, labels in self.sets.values())
+    def chunks_in_flight(self) -> int:  # type: ignore[override]
+        """Read ahead, being moved and normalised, being computed on."""
+        return self.prefetch_depth + 2

@@ -56,10 +56,6 @@ class Folder:
         )
         return (x.to(self.device, non_blocking=True) for x, _ in loader)
 
-    @property
-    def nbytes(self) -> int:
-        return 0  # the chunks in flight: counted by the data module, which knows the chunk size
-
 
 class ImageFolderData(ImageData):
     """`data_dir/train/<class>/*.JPEG` (val_size of them held out) and `data_dir/val/<class>/` as the test set,
@@ -114,7 +110,6 @@ class ImageFolderData(ImageData):
         return self.names
 
     @property
-    def nbytes(self) -> int:
-        """What lives on the device: the chunks in flight as float32 and the labels, not the folder."""
-        in_flight = (2 * self.num_workers + 2) * self.samples_per_chunk * 3 * self.size**2 * 4
-        return in_flight + sum(labels.nbytes for _, labels in self.sets.values())
+    def chunks_in_flight(self) -> int:  # type: ignore[override]
+        """Two per DataLoader worker (its prefetch), one being moved, one being computed on."""
+        return 2 * self.num_workers + 2

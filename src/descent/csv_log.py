@@ -1,0 +1,43 @@
+"""Lightning's CSV logger, made to keep a resumed run's earlier rows: Lightning's own deletes metrics.csv when it
+opens the file again, after warning that "Previous log files in this directory will be deleted"."""
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+
+from descent.checkpoints import load
+
+
+class CSVLogger(LightningCSVLogger):
+    """`metrics.csv` in the run dir, every epoch's rows once, also across `resume=`.
+
+    A resumed run goes on from `checkpoints/last.ckpt`: the rows written up to it (its epochs, and the step losses
+    of their steps) are read back and kept; those written after it, by an epoch that was interrupted and is now
+    replayed, are left out, since the replay writes them again.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._earlier: list[dict[str, Any]] = []
+        csv_path, last = Path(self.log_dir) / "metrics.csv", Path(self.log_dir) / "checkpoints" / "last.ckpt"
+        if csv_path.is_file() and last.is_file():
+            history = load(last).get("descent", {}).get("history", [])
+            epochs, steps = len(history), history[-1]["progress/steps"] if history else 0
+            with open(csv_path, newline="") as file:
+                rows = [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(file)]
+            per_epoch = [row for row in rows if "progress/steps" in row]
+            self._earlier = [row for row in per_epoch if row["step"] <= epochs]
+            self._earlier += [row for row in rows if row not in per_epoch and row["step"] < steps]
+            for row in self._earlier:
+                row["step"] = int(row["step"])
+            # What Lightning warns of is what this class prevents.
+            warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self._earlier:  # the first rows of a resumed run: put back what came before them
+            self.experiment.metrics[:0] = self._earlier
+            self._earlier = []
+        super().log_metrics(metrics, step)

@@ -1,0 +1,107 @@
+"""The gradient noise at theta^k after every epoch (opt-in: noise.enabled=true), as McCandlish et al. (2018),
+"An Empirical Model of Large-Batch Training", define it: how far a minibatch gradient strays from the full one.
+
+G is the exact gradient of the mean training loss over all N samples at theta^k, chunked and spread over ranks as a
+GD step is; g_1..g_m are the gradients of the mean loss over m minibatches of b samples, each drawn without
+replacement. With x_j the per-sample gradients and Sigma = (1/N) sum_j (x_j - G)(x_j - G)^T their covariance over
+the training set, E|g - G|^2 = tr(Sigma) / b * (N - b) / (N - 1) (the finite-population correction), so
+
+    tr(Sigma) ~ b (N - 1) / (N - b) * (1/m) sum_i |g_i - G|^2      unbiased
+    B_simple  = tr(Sigma) / |G|^2                                   unbiased too: |G|^2 is exact, G being exact
+
+B_simple is the batch size at which a step's noise is as large as its signal: far below it SGD's steps are mostly
+noise (the lecture's "SGD is noisier"), far above it a bigger batch buys little. Cost: one forward and backward
+pass over the training set, in the run's chunks, plus m * b samples; no optimizer steps: less than a training epoch
+(the pass reads chunks of `chunk_size`, as the evaluation does).
+"""
+
+import math
+from typing import TYPE_CHECKING
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from descent import metrics
+from descent.data import Images, Plan
+from descent.errors import is_whole, require
+
+if TYPE_CHECKING:
+    from descent.module import Classifier
+
+STREAM = 0x6E6F697365
+"""Added to the draws' seed ("noise" in ASCII): apart from the training order's seed * 1_000_003 + epoch."""
+
+
+def draws(seed: int, epoch: int, n: int, batch_size: int, samples: int) -> list[Tensor]:
+    """`samples` sets of `batch_size` distinct rows of the N, independent of each other, from (seed, epoch) alone:
+    the same on every rank and for any number of ranks, and again when a resumed run measures that epoch."""
+    generator = torch.Generator().manual_seed(STREAM + seed * 1_000_003 + epoch)
+    # Sorted: a streamed set reads its rows in file order; the sum over them is the same in any order.
+    return [torch.randperm(n, generator=generator)[:batch_size].sort().values for _ in range(samples)]
+
+
+def gradient(module: "Classifier", images: Images, labels: Tensor, rows: Tensor | None, chunk_size: int) -> Tensor:
+    """The gradient of the mean loss over `rows` of the training set (all of it for None), flattened: each rank
+    sums its contiguous share in chunks, (chunk loss sum) / n each, and the shares are summed over the ranks.
+
+    torch.autograd.grad, not backward: the parameters' .grad (and DDP's hooks on them) are never touched."""
+    trainer, precision = module.trainer, module.trainer.precision_plugin
+    n = len(labels) if rows is None else len(rows)
+    plan = Plan(n, n, chunk_size, rank=trainer.global_rank, world_size=trainer.world_size)
+    indices = [index if rows is None else rows[index] for step in plan for index, _ in step]
+    params = [p for p in module.parameters() if p.requires_grad]
+    dtype = torch.promote_types(params[0].dtype, torch.float32)
+    total = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=module.device)
+    for index, x in zip(indices, images.read(indices), strict=True):
+        with precision.forward_context():
+            loss_sum = module.loss(module(precision.convert_input(x)), labels[index])
+        grads = torch.autograd.grad(loss_sum / n, params, materialize_grads=True)
+        total += torch.cat([g.flatten() for g in grads]).to(dtype)
+    return trainer.strategy.reduce(total, reduce_op="sum")
+
+
+class GradientNoise(Callback):
+    """Adds metrics.NOISE to the figures of every evaluated epoch of fit: |G| (the norm, not its square),
+    tr(Sigma) and B_simple, from `samples` minibatches of `batch_size` (noise.batch_size, noise.samples)."""
+
+    def __init__(self, batch_size: int = 64, samples: int = 16) -> None:
+        for key, value in (("batch_size", batch_size), ("samples", samples)):
+            require(is_whole(value) and value >= 1, f"noise.{key}={value!r} is not allowed: give a positive number")
+        self.batch_size, self.samples = batch_size, samples
+
+    def on_fit_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
+        n = len(trainer.datamodule.sets["train"][1])
+        require(
+            self.batch_size < n,
+            f"noise.batch_size={self.batch_size} must be smaller than the N={n} training samples: a minibatch of "
+            "all of them is the full batch, with no noise to measure",
+        )
+
+    def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:  # theta^k of a finished epoch only
+            return
+        module.stop_clock()  # the module's own hook, which stops it too, runs after this one: this is no training
+        module.extra_figures |= self.measure(module)
+
+    def measure(self, module: "Classifier") -> dict[str, float]:
+        """metrics.NOISE at the module's present weights."""
+        data = module.trainer.datamodule
+        images, labels = data.sets["train"]
+        n, b, chunk = len(labels), self.batch_size, data.samples_per_chunk
+        rows = [r.to(labels.device) for r in draws(data.seed or 0, module.current_epoch, n, b, self.samples)]
+        was_training = module.training
+        # Eval mode, as every figure of theta^k: dropout's random masks would add a noise of their own to each
+        # gradient (and make G not that of the train/loss logged), and batch norm would couple a batch's samples.
+        module.eval()
+        # Lightning evaluates under torch.inference_mode; the data's tensors were made outside it, so grads flow.
+        with torch.inference_mode(False), torch.enable_grad():
+            full = gradient(module, images, labels, None, chunk)
+            spread = [(gradient(module, images, labels, r, chunk) - full).square().sum() for r in rows]
+        module.train(was_training)
+        squared_norm = float(full.square().sum())
+        trace = b * (n - 1) / (n - b) * float(torch.stack(spread).mean())
+        b_simple = trace / squared_norm if squared_norm > 0 else math.inf
+        return dict(zip(metrics.NOISE, (math.sqrt(squared_norm), trace, b_simple), strict=True))

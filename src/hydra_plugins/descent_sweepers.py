@@ -1,0 +1,12 @@
+"""descent's sweepers where Hydra takes plugins from: classes defined in the `hydra_plugins` namespace (Hydra
+registers a plugin under the module it is defined in). What they do is in `descent.search`."""
+
+from descent import search
+
+
+class BasicSweeper(search.BasicSweeper):
+    """Hydra's basic sweeper, ending in one line when jobs failed."""
+
+
+class OptunaSweeper(search.OptunaSweeper):
+    """Hydra's Optuna sweeper, going on past failed trials."""

@@ -1,0 +1,424 @@
+"""The README's "Adapting descent" recipes, followed as written.
+
+Each test adds the files its recipe names, word for word, to `src/` and `conf/` of a copy of the repository's
+entry point and configs under tmp_path (the repository itself is left alone), then trains with them as the recipe
+says: `python src/train.py ...` there, or the same config composed in-process.
+"""
+
+import importlib
+import itertools
+import json
+import math
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import CONF, ROOT, environment, run, scalars
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from descent import metrics
+from descent.data.idx import read_idx
+from descent.nets import MLP
+from descent.training import train
+
+# The recipes' files, as the README prints them.
+
+MY_NETS = '''\
+from torch import nn
+
+from descent.errors import require
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 convolutions of `channels` filters, each with ReLU and 2x2 max pooling, then a linear layer."""
+
+    def __init__(self, input_shape, num_classes, channels=16):
+        self.check(channels)
+        super().__init__()
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.logits = nn.Linear(channels * (h // 4) * (w // 4), num_classes)
+
+    def forward(self, x):
+        return self.logits(self.features(x))
+
+    @staticmethod
+    def check(channels=16):  # optional: run on the settings before any data is loaded
+        require(isinstance(channels, int) and channels >= 1,
+                f"model.net.channels={channels!r} is not allowed: give a positive number of filters")
+'''
+
+SMALL_CNN_YAML = """\
+_target_: descent.module.Classifier
+net:
+  _target_: my_nets.SmallCNN
+  channels: 16
+backprop: autograd
+"""
+
+SEARCH_SPACE_YAML = """\
+# @package _global_
+hydra:
+  sweeper:
+    params:
+      model.net.channels: choice(8, 16, 32)
+"""
+
+MY_DATA = '''\
+import numpy as np
+import torch
+
+from descent.data import ImageData
+
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class NpzData(ImageData):
+    """x_train [N, C, H, W] or [N, H, W] of any dtype, y_train [N], x_test, y_test: arrays in one .npz file."""
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        self.path = path
+
+    def load(self):
+        with np.load(self.path) as f:
+            x_train, y_train, x_test, y_test = (torch.from_numpy(f[name]) for name in ARRAYS)
+        return x_train, y_train.long(), x_test, y_test.long()
+
+    @property
+    def class_names(self):  # optional: titles in TensorBoard's image grid and confusion matrix
+        return ["top left", "top right", "bottom left", "bottom right"]
+'''
+
+MY_NPZ_YAML = """\
+_target_: my_data.NpzData
+path: data/my_set.npz
+val_size: 1000         # carved from the training set by split_seed
+"""
+
+MY_BIG_DATA = '''\
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from descent.data import ImageData
+
+
+class MemmapImages:
+    """uint8 images [N, C, H, W] in a raw file, read row by row when a chunk is asked for (descent.data.Images)."""
+
+    def __init__(self, path, shape, rows=None):
+        self.path, self.shape = path, tuple(shape)
+        self.file = np.memmap(path, np.uint8, "r").reshape(-1, *self.shape)
+        self.rows = np.arange(len(self.file)) if rows is None else rows
+        self.device = torch.device("cpu")
+
+    def __len__(self):
+        return len(self.rows)
+
+    def subset(self, rows):  # rows: a tensor of positions in this set
+        return MemmapImages(self.path, self.shape, self.rows[rows.numpy()])
+
+    def to(self, device):
+        self.device = device
+        return self
+
+    def read(self, indices):  # each index: a slice or a tensor of positions
+        for index in indices:
+            rows = self.rows[index if isinstance(index, slice) else index.cpu().numpy()]
+            x = torch.from_numpy(self.file[rows]).to(self.device).float()
+            yield x.sub_(127.5).div_(64.0)  # normalise: here by fixed figures, or your set's mean and std
+
+
+class BigData(ImageData):
+    """data_dir/{train,test}_x.u8 (raw uint8 [N, C, H, W]) and data_dir/{train,test}_y.npy (labels)."""
+
+    def __init__(self, data_dir, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dir, self.image_shape = Path(data_dir), image_shape
+
+    def load(self):
+        x = {s: MemmapImages(self.data_dir / f"{s}_x.u8", self.image_shape) for s in ("train", "test")}
+        y = {s: torch.from_numpy(np.load(self.data_dir / f"{s}_y.npy")).long() for s in ("train", "test")}
+        return x["train"], y["train"], x["test"], y["test"]
+'''
+
+BIG_YAML = """\
+_target_: my_big_data.BigData
+data_dir: data/big
+image_shape: [3, 32, 32]
+val_size: 10000
+"""
+
+
+# Recipe 4's entries of descent.metrics.SUMS and FIGURES.
+NEW_SUMS = {
+    "top2_errors": lambda loss_sum, logits, y: (logits.topk(2, dim=1).indices != y[:, None]).all(dim=1).sum(),
+}
+NEW_FIGURES = {
+    "top2_error": lambda sums: sums["top2_errors"] / sums["count"],
+}
+
+
+# What the tests share.
+
+
+def user_copy(root: Path, files: dict[str, str]) -> Path:
+    """conf/ and src/train.py copied under `root`, with the recipe's files added: src/train.py there reads that
+    conf/ and imports the recipe's modules from that src/ (descent itself is the installed one)."""
+    shutil.copytree(CONF, root / "conf")
+    (root / "src").mkdir()
+    shutil.copy(ROOT / "src" / "train.py", root / "src" / "train.py")
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def compose_in(root: Path, *overrides: str, hydra: bool = False) -> DictConfig:
+    """root/conf/train.yaml composed as src/train.py there would, with the recipe's modules importable."""
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def on_idx(idx_dir: Path) -> list[str]:
+    """The small IDX files instead of MNIST; any network (helpers.small also sets the MLP's width)."""
+    return [f"data.data_dir={idx_dir}", "data.download=false", "data.val_size=100"]
+
+
+def quadrant_images(n: int, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 noise [n, C, H, W], the quadrant of the class (0-3) brighter: learnable in an epoch or two."""
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 128, (n, *shape), dtype=np.uint8)
+    h, w = shape[1] // 2, shape[2] // 2
+    for i, label in enumerate(labels):
+        top, left = divmod(int(label), 2)
+        images[i, :, top * h : (top + 1) * h, left * w : (left + 1) * w] += 100
+    return images, labels
+
+
+def groupby_kind(reads: list[tuple[str, list[int]]]) -> list[tuple[str, list[list[int]]]]:
+    """Consecutive reads of one kind, grouped: (kind, the rows of each read)."""
+    return [(kind, [rows for _, rows in group]) for kind, group in itertools.groupby(reads, key=lambda read: read[0])]
+
+
+def carved(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, val_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Training, validation and test sets as the README says descent serves them, made here independently: the
+    validation set is the first val_size of a permutation seeded by split_seed (0), and every set is normalised by
+    the mean and standard deviation of the training part."""
+    x_train, x_test = (x.float() if x.ndim == 4 else x.float()[:, None] for x in (x_train, x_test))
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))
+    train, val = order[val_size:], order[:val_size]
+    mean, std = x_train[train].mean(), x_train[train].std()
+    return {
+        "train": ((x_train[train] - mean) / std, y_train[train].long()),
+        "val": ((x_train[val] - mean) / std, y_train[val].long()),
+        "test": ((x_test - mean) / std, y_test.long()),
+    }
+
+
+def mlp_of(run_dir: Path, input_shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> MLP:
+    """The MLP of the run's last checkpoint, built and loaded here."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    net = MLP(input_shape, num_classes, hidden=hidden)
+    net.load_state_dict({name.removeprefix("net."): value for name, value in state.items()})
+    return net.eval()
+
+
+# 1. Another network
+
+
+@pytest.mark.slow
+def test_another_network_is_a_class_and_a_model_yaml(tmp_path: Path, idx_dir: Path) -> None:
+    root = user_copy(tmp_path, {"src/my_nets.py": MY_NETS, "conf/model/small_cnn.yaml": SMALL_CNN_YAML})
+    recipe = ["src/train.py", "model=small_cnn", *on_idx(idx_dir)]
+    env = environment(threads=1)
+    done = run(*recipe, "model.net.channels=8", "max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}", cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    losses = [row["train/loss"] for row in history]
+    assert len(losses) == 3 and losses[-1] < losses[0] and losses[-1] < math.log(10)  # below chance, and falling
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["net.features.0.weight"].shape == (8, 1, 3, 3)  # the recipe's CNN, at the width asked for
+    assert state["net.logits.weight"].shape == (10, 8 * 7 * 7)
+
+    # Its `check` refuses a bad setting in one line before any data is looked for (the data dir does not exist).
+    refused = run(
+        *recipe,
+        "model.net.channels=0",
+        "data.data_dir=/nonexistent",
+        f"hydra.run.dir={tmp_path}/bad",
+        cwd=root,
+        env=env,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "error: model.net.channels=0 is not allowed: give a positive number of filters"
+
+
+def test_a_network_s_search_space_is_found_by_the_model_name(tmp_path: Path) -> None:
+    files = {"conf/model/small_cnn.yaml": SMALL_CNN_YAML, "conf/search_space/optuna_small_cnn.yaml": SEARCH_SPACE_YAML}
+    cfg = compose_in(user_copy(tmp_path, files), "model=small_cnn", "hparams_search=optuna", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params["model.net.channels"] == "choice(8, 16, 32)"
+    assert {"optimizer.lr", "batch_size", "optimizer.weight_decay"} <= set(params)  # conf/hparams_search/optuna.yaml
+
+
+# 2. An in-memory data set
+
+
+@pytest.mark.slow
+def test_an_in_memory_data_set_is_a_load_method_and_a_data_yaml(tmp_path: Path) -> None:
+    root = user_copy(tmp_path, {"src/my_data.py": MY_DATA, "conf/data/my_npz.yaml": MY_NPZ_YAML})
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = (quadrant_images(n, (3, 12, 12), rng) for n in (300, 120))
+    np.savez(tmp_path / "my_set.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+    run_dir = tmp_path / "run"
+    done = run(
+        "src/train.py",
+        "data=my_npz",
+        f"data.path={tmp_path / 'my_set.npz'}",
+        "data.val_size=60",
+        "optimizer=gd",
+        "optimizer.lr=0.5",
+        "model.net.hidden=[32]",
+        "max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=root,
+        env=environment(threads=1),
+    )
+    assert done.returncode == 0, done.stderr
+
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [row["progress/steps"] for row in history] == [1, 2]  # optimizer=gd: one step an epoch
+    assert [row["progress/samples"] for row in history] == [240, 480]  # each over N = 300 - 60 samples
+    # The last epoch's figures, from the checkpoint's network on the sets carved and normalised independently.
+    sets = carved(*(torch.from_numpy(array) for array in (x_train, y_train, x_test, y_test)), val_size=60)
+    net = mlp_of(run_dir, (3, 12, 12), 4, [32])
+    with torch.no_grad():
+        for name, (x, y) in sets.items():
+            logits = net(x)
+            assert history[-1][f"{name}/loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+            assert history[-1][f"{name}/error"] == int((logits.argmax(1) != y).sum()) / len(y)
+    assert history[-1]["train/loss"] < math.log(4)  # it learned something from the file
+
+
+# 3. A data set too big for memory
+
+
+@pytest.fixture
+def big_data_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[str, int, list[int]]]]:
+    """The recipe's files, and the rows its images read: (what read, that set's length, rows), a chunk each.
+
+    What reads is `train` when gradients are on (a training step), `eval` otherwise (the evaluations)."""
+    user_copy(tmp_path, {"src/my_big_data.py": MY_BIG_DATA, "conf/data/big.yaml": BIG_YAML})
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.delitem(sys.modules, "my_big_data", raising=False)
+    recipe = importlib.import_module("my_big_data")
+    reads: list[tuple[str, int, list[int]]] = []
+
+    class RecordedImages(recipe.MemmapImages):
+        def read(self, indices):
+            def noted(indices):
+                for index in indices:
+                    rows = self.rows[index if isinstance(index, slice) else index.cpu().numpy()]
+                    kind = "train" if torch.is_grad_enabled() else "eval"
+                    reads.append((kind, len(self) if "train" in self.path.name else -1, rows.tolist()))
+                    yield index
+
+            return super().read(noted(indices))
+
+    monkeypatch.setattr(recipe, "MemmapImages", RecordedImages)  # what the recipe's load and subset build
+    return tmp_path, reads
+
+
+@pytest.mark.parametrize(("optimizer", "steps_per_epoch"), [("sgd", math.ceil(500 / 64)), ("gd", 1)])
+def test_a_data_set_too_big_for_memory_is_read_on_demand(
+    big_data_recipe: tuple[Path, list[tuple[str, int, list[int]]]], optimizer: str, steps_per_epoch: int
+) -> None:
+    root, reads = big_data_recipe
+    data_dir = root / "big"
+    data_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 600), ("test", 200)):
+        images, labels = quadrant_images(n, (3, 8, 8), rng)
+        images.tofile(data_dir / f"{split}_x.u8")
+        np.save(data_dir / f"{split}_y.npy", labels)
+    cfg = compose_in(
+        root,
+        "trainer=cpu",
+        "data=big",
+        f"data.data_dir={data_dir}",
+        "data.image_shape=[3,8,8]",
+        "data.val_size=100",
+        f"optimizer={optimizer}",
+        "batch_size=64",
+        "optimizer.lr=0.2",
+        "model.net.hidden=[32]",
+        "max_epochs=3",
+        f"run_dir={root / 'run'}",
+    )
+    result = train(cfg)
+
+    history = result["history"]
+    assert [row["progress/steps"] for row in history] == [steps_per_epoch * k for k in (1, 2, 3)]
+    assert history[-1]["train/loss"] < history[0]["train/loss"] < math.log(4)
+    # The training set's 500 rows: read once by every evaluation, and once by the training steps of every epoch
+    # (an epoch's training reads are those between two evaluations).
+    train_reads = [(kind, rows) for kind, length, rows in reads if length == 500]
+    evaluated = Counter(row for kind, rows in train_reads if kind == "eval" for row in rows)
+    assert len(evaluated) == 500 and set(evaluated.values()) == {3}
+    epochs = [[row for rows in group for row in rows] for kind, group in groupby_kind(train_reads) if kind == "train"]
+    assert len(epochs) == 3
+    for rows in epochs:
+        assert sorted(rows) == sorted(evaluated)
+    if optimizer == "sgd":  # a fresh order each epoch
+        assert epochs[0] != epochs[1] != epochs[2]
+    # The validation rows are the other 100 of the file's 600.
+    val_rows = {row for kind, length, rows in reads if length == 100 for row in rows}
+    assert val_rows | set(evaluated) == set(range(600)) and not val_rows & set(evaluated)
+
+
+# 4. A new metric
+
+
+def test_a_new_metric_is_a_sum_and_a_figure(make_cfg, monkeypatch: pytest.MonkeyPatch, idx_dir: Path) -> None:
+    for name, add in NEW_SUMS.items():
+        monkeypatch.setitem(metrics.SUMS, name, add)
+    for name, figure in NEW_FIGURES.items():
+        monkeypatch.setitem(metrics.FIGURES, name, figure)
+    cfg = make_cfg("optimizer.lr=0.002")  # slow learning: errors and top-2 errors both above 0
+    train(cfg)
+
+    run_dir = Path(cfg.run_dir)
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    logged = scalars(run_dir)
+    for name in ("train", "val", "test"):
+        per_epoch = [row[f"{name}/top2_error"] for row in history]
+        assert len(per_epoch) == 2
+        assert logged[f"{name}/top2_error"] == pytest.approx(per_epoch, rel=1e-6)  # events hold float32
+    # The last epoch's figure, recomputed from last.ckpt: a sample is a top-2 error when two classes score higher.
+    x_train, x_test = (read_idx(idx_dir / f"{prefix}-images-idx3-ubyte.gz") for prefix in ("train", "t10k"))
+    y_train, y_test = (read_idx(idx_dir / f"{prefix}-labels-idx1-ubyte.gz") for prefix in ("train", "t10k"))
+    net = mlp_of(run_dir, (1, 28, 28), 10, [32])
+    with torch.no_grad():
+        for name, (x, y) in carved(x_train, y_train, x_test, y_test, val_size=100).items():
+            logits = net(x)
+            higher = (logits > logits.gather(1, y[:, None])).sum(1)
+            expected = int((higher >= 2).sum()) / len(y)
+            assert history[-1][f"{name}/top2_error"] == expected
+            assert 0 < expected < history[-1][f"{name}/error"]  # a figure of its own, not the top-1 error

@@ -1,0 +1,96 @@
+"""Stopping and going on: a warm start from a checkpoint's weights, and a resumed run extended past its schedule."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import run, small
+
+from descent.checkpoints import resumed_config
+from descent.training import train
+
+
+def test_a_warm_start_trains_from_epoch_1_with_the_new_settings(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=2", "optimizer.lr=0.05", run_dir=tmp_path / "first"))
+    weights = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    result = train(make_cfg("max_epochs=2", "optimizer.lr=0.001", f"ckpt_path={weights}", run_dir=tmp_path / "warm"))
+    assert [row["epoch"] for row in result["history"]] == [1, 2]  # a new run: its own epochs
+    assert [row["progress/lr"] for row in result["history"]] == [0.001, 0.001]  # the new rate is the rate used
+    assert result["history"][-1]["progress/steps"] == 16  # its own steps, not the first run's 16 more
+    # It starts where the weights were: its first epoch is no worse than the first run's last.
+    assert result["history"][0]["train/loss"] <= first["final"]["train/loss"] * 1.05
+    assert (tmp_path / "warm" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_a_warm_start_may_change_the_optimizer(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=1", "optimizer=sgd", run_dir=tmp_path / "sgd"))
+    weights = tmp_path / "sgd" / "checkpoints" / "last.ckpt"
+    result = train(make_cfg("max_epochs=2", "optimizer=adam", f"ckpt_path={weights}", run_dir=tmp_path / "adam"))
+    assert len(result["history"]) == 2 and math.isfinite(result["final"]["train/loss"])
+
+
+@pytest.mark.slow
+def test_the_best_epoch_of_a_warm_start_is_what_eval_reproduces(idx_dir: Path, tmp_path: Path) -> None:
+    first = run("src/train.py", *small(idx_dir), "max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
+    assert first.returncode == 0, first.stderr
+    weights = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    warm = run(
+        "src/train.py", *small(idx_dir), "max_epochs=3", "optimizer.lr=0.02", f"ckpt_path={weights}",
+        f"hydra.run.dir={tmp_path / 'warm'}",
+    )  # fmt: skip
+    assert warm.returncode == 0, warm.stderr
+    metrics = json.loads((tmp_path / "warm" / "metrics.json").read_text())
+    assert Path(metrics["best_checkpoint"]) == tmp_path / "warm" / "checkpoints" / "best.ckpt"
+    evaluated = run("src/eval.py", f"ckpt_path={metrics['best_checkpoint']}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("val/error", "test/loss", "train/loss"):
+        assert figures[key] == pytest.approx(metrics["best"][key], rel=1e-6)
+
+
+def cosine(base: float, epoch: int, max_epochs: int) -> float:
+    """The learning rate of epoch `epoch` (1-based) of a cosine over `max_epochs`, to zero."""
+    return base * (1 + math.cos(math.pi * (epoch - 1) / max_epochs)) / 2
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "exponential"])
+def test_extending_a_scheduled_run_goes_on_as_a_run_of_that_length_would(make_cfg, tmp_path, scheduler) -> None:
+    train(make_cfg("max_epochs=2", f"scheduler={scheduler}", "logger=none"))
+    cfg = make_cfg("max_epochs=4", f"scheduler={scheduler}", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "x")
+    history = train(resumed_config(cfg, [f"resume={tmp_path / 'run'}", "max_epochs=4"]))["history"]
+    rates = [row["progress/lr"] for row in history]
+    if scheduler == "cosine":  # the first two epochs as the 2-epoch run had them, then the 4-epoch cosine's
+        expected = [cosine(0.05, 1, 2), cosine(0.05, 2, 2), cosine(0.05, 3, 4), cosine(0.05, 4, 4)]
+    else:  # gamma^k whatever the length
+        expected = [0.05 * 0.9**k for k in range(4)]
+    assert rates == pytest.approx(expected)
+    straight = train(make_cfg("max_epochs=4", f"scheduler={scheduler}", "logger=none", run_dir=tmp_path / "straight"))
+    assert rates[2:] == pytest.approx([row["progress/lr"] for row in straight["history"]][2:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "exit_code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_sweep_summarises_what_it_finished(idx_dir: Path, tmp_path: Path, name: str, exit_code: int) -> None:
+    """Three jobs; the second sends itself the signal in its second epoch (its callback's epoch=1), the third never
+    starts. The summary holds the finished job and the interrupted one."""
+    from helpers import ROOT, environment
+
+    done = run(
+        "src/train.py", "-m", *small(idx_dir), "+callbacks.signal._target_=helpers.SendSignal",
+        f"+callbacks.signal.signal_name={name}", "+callbacks.signal.hook=on_train_batch_start",
+        "+callbacks.signal.epoch=7,1,8", f"hydra.sweep.dir={tmp_path}",
+        env=environment(PYTHONPATH=str(ROOT / "tests")),
+    )  # fmt: skip
+    assert done.returncode == exit_code, done.stderr
+    assert "Traceback" not in done.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    assert "2 runs, 0 failed, 1 interrupted (the sweep was stopped)" in summary
+    with open(tmp_path / "summary.csv") as file:
+        import csv
+
+        rows = {row["+callbacks.signal.epoch"]: row for row in csv.DictReader(file) if row["row"] == "run"}
+    assert rows["7"]["status"] == "ok" and rows["1"]["status"] == "interrupted"
+    assert rows["1"]["error"].startswith(f"{name} before step")
+    assert "8" not in rows
