@@ -79,7 +79,10 @@ def test_a_sweep_job_dir_works_verbatim_as_ckpt_path_and_resume(idx_dir: Path, t
 
 
 BAD_INPUTS = [
-    (["optimizer=nope"], "error: optimizer=nope is not an option of optimizer: choose one of adam, gd, momentum, sgd"),
+    (
+        ["optimizer=nope"],
+        "error: optimizer=nope is not an option of optimizer: choose one of adam, gd, lbfgs, momentum, sgd",
+    ),
     (["logger=nosuch"], "error: logger=nosuch is not an option of logger: choose one of csv, none, tensorboard"),
     (["data=imagenet_typo"], "error: data=imagenet_typo is not an option of data: choose one of fashion_mnist,"),
     (["-m", "model=mlp,cnm"], "error: model=cnm is not an option of model: choose one of cnn, mlp"),

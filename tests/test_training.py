@@ -37,7 +37,7 @@ def test_gd_steps_once_per_epoch_and_sgd_ceil_n_over_b_times(
 def test_gd_ignores_a_batch_size_given_beside_it_and_says_so(make_cfg, caplog) -> None:
     result = train(make_cfg("optimizer=gd", "batch_size=64"))
     assert [row["progress/steps"] for row in result["history"]] == [1, 2]
-    assert "optimizer=gd takes one step over all N training samples: ignoring batch_size=64" in caplog.text
+    assert "full-batch SGD takes each step over all N training samples: ignoring batch_size=64" in caplog.text
 
 
 def test_sgd_learns_and_writes_metrics_checkpoints_and_config(make_cfg, tmp_path: Path) -> None:
@@ -73,16 +73,13 @@ def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(
         assert final[f"{name}/error"] == pytest.approx((logits.argmax(1) != y).float().mean().item(), abs=1e-9)
 
 
-def test_resuming_from_a_checkpoint_continues_to_the_same_result(make_cfg, tmp_path: Path) -> None:
+def test_resuming_a_run_continues_to_the_same_result(make_cfg, tmp_path: Path) -> None:
+    from descent.checkpoints import resumed_config
+
     straight = train(make_cfg("max_epochs=3", run_dir=tmp_path / "straight"))
     train(make_cfg("max_epochs=1", run_dir=tmp_path / "first"))
-    resumed = train(
-        make_cfg(
-            "max_epochs=3",
-            f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}",
-            run_dir=tmp_path / "resumed",
-        )
-    )
+    cfg = make_cfg("max_epochs=3", f"resume={tmp_path / 'first'}", run_dir=tmp_path / "elsewhere")
+    resumed = train(resumed_config(cfg, [f"resume={tmp_path / 'first'}", "max_epochs=3"]))
     assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
     for key in ("train/loss", "test/loss", "progress/steps"):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-6)

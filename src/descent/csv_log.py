@@ -33,8 +33,9 @@ class CSVLogger(LightningCSVLogger):
             self._earlier += [row for row in rows if row not in per_epoch and row["step"] < steps]
             for row in self._earlier:
                 row["step"] = int(row["step"])
-            # What Lightning warns of is what this class prevents.
-            warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
+        # Lightning warns whenever the dir holds files: here it always does (descent's config.yaml), and what it
+        # warns of, earlier rows deleted, is what this class prevents.
+        warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self._earlier:  # the first rows of a resumed run: put back what came before them

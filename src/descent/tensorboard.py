@@ -181,9 +181,10 @@ def confusion_matrix_figure(counts: Tensor, names: list[str]) -> Figure:
 def hyperparameters(cfg: DictConfig, data: ImageData) -> dict[str, Any]:
     """What tells runs apart in TensorBoard's HPARAMS tab."""
     optimizer = cfg.optimizer
+    kind = optimizer._target_.rsplit(".", 1)[-1].lower()  # sgd, adam, lbfgs, ...
     return {
         "data": getattr(data, "dataset", type(data).__name__),
-        "optimizer": "gd" if cfg.full_batch else optimizer._target_.rsplit(".", 1)[-1].lower(),
+        "optimizer": "gd" if cfg.full_batch and kind == "sgd" else kind,
         "lr": optimizer.lr,
         "momentum": optimizer.get("momentum", 0.0),
         "weight_decay": optimizer.get("weight_decay", 0.0),

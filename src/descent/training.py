@@ -62,7 +62,10 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
     """The data (loaded and checked) and the module, its network sized to the data."""
     batch_size = cfg.batch_size
     if cfg.full_batch and batch_size != "full":
-        log.warning("optimizer=gd takes one step over all N training samples: ignoring batch_size=%s", batch_size)
+        optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1]
+        log.warning(
+            "full-batch %s takes each step over all N training samples: ignoring batch_size=%s", optimizer, batch_size
+        )
         batch_size = "full"
     # The top-level keys users type most feed every data set and model: a new data or model yaml need not repeat them.
     data: ImageData = instantiate(cfg.data, batch_size=batch_size, chunk_size=cfg.chunk_size, seed=cfg.seed)
