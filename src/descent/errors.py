@@ -38,6 +38,9 @@ def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
                 if isinstance(error.__cause__, DescentError):
                     raise error.__cause__ from None
                 raise
+        except KeyboardInterrupt:  # Ctrl-C before training started (after, the run saves its weights and says so)
+            print("stopped: SIGINT before training started; no checkpoint or metrics were written", file=sys.stderr)
+            raise SystemExit(130) from None
         except DescentError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

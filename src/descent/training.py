@@ -53,7 +53,7 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+        logger.setLevel(logging.WARNING)
     for message in LIGHTNING_WARNINGS_ANSWERED:
         warnings.filterwarnings("ignore", message=message)
 
@@ -141,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     # resume= goes on with everything the run had (Lightning's fit(ckpt_path=)); ckpt_path= is a warm start: a new
     # run from those weights alone, with this config's optimizer, schedule and epochs, and its own bookkeeping.
     go_on_from = str(Path(cfg.resume) / "checkpoints" / "last.ckpt") if cfg.get("resume") else None
