@@ -2,8 +2,10 @@
 
 import gzip
 import json
+import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -346,7 +348,7 @@ def test_a_checkpoint_write_that_fails_in_the_background_is_raised_by_the_time_f
     """At the latest by `teardown`; already by the save itself when the thread failed before it returned."""
     (tmp_path / "a file").write_text("not a directory")
     io = BackgroundCheckpointIO()
-    with pytest.raises(OSError, match="a file"):
+    with pytest.raises(DescentError, match=r"a file/last.ckpt: cannot be written \(File exists\)"):
         io.save_checkpoint({"state_dict": {}, "epoch": 1}, tmp_path / "a file" / "last.ckpt")
         io.teardown()
 
@@ -448,3 +450,37 @@ def test_a_resumed_run_keeps_every_csv_row_written_before(make_cfg, tmp_path: Pa
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     for row, expected in zip(per_epoch, final, strict=True):
         assert float(row["test/error"]) == pytest.approx(expected["test/error"])
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 2 MiB tmpfs: room for the first epoch's best.ckpt and last.ckpt (0.8 MB each), not for a third file."""
+    if os.getuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logger", ["none", "tensorboard"])
+def test_a_disk_that_fills_up_ends_in_one_line_and_keeps_the_earlier_checkpoints(
+    idx_dir: Path, tiny_disk: Path, logger: str
+) -> None:
+    run_dir = tiny_disk / "run"
+    pictures = ["logger.image_every_n_epochs=0"] if logger == "tensorboard" else []
+    done = run(
+        "src/train.py", *small(idx_dir), "model.net.hidden=[256]", "max_epochs=20", f"logger={logger}", *pictures,
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(run_dir) in errors[0] and "cannot be written" in errors[0]
+    saved = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in saved and not [name for name in saved if name.endswith(".tmp")]
+    assert load(run_dir / "checkpoints" / "last.ckpt")["epoch"] >= 0  # whole, and loads
