@@ -13,6 +13,8 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
         files of the same samples, DataLoader with default collate, automatic optimization under a default
         Trainer (B=64 only); `c data` iterates its DataLoader alone, without training
   a_bar a with Lightning's progress bar on (refreshed every step, written to /dev/null): the bar's own cost
+  noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
+        weights after each of its epochs, against an epoch of a
   fwd   one forward pass of the same network over the train, val and test sets (the most the evaluation should
         add to an epoch), run right before and right after a_on's validation loop in the same epoch (their mean)
 
@@ -59,6 +61,7 @@ from descent.data import ImageData
 from descent.data.idx import IDX_FILES, IdxData, write_idx
 from descent.data.synthetic import SyntheticData
 from descent.nets import MLP
+from descent.noise import GradientNoise
 from descent.training import build, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -114,6 +117,8 @@ class EpochSeconds(Callback):
         self._beside: list[float] = []
 
     def on_validation_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if hasattr(pl_module, "stop_clock"):  # this hook runs before the module's: fwd is not training time
+            pl_module.stop_clock()
         if self.beside_validation is not None:
             self._beside.append(self.beside_validation())
         self._validation_start = time.perf_counter()
@@ -145,11 +150,16 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
     timer = EpochSeconds(beside_validation=forward_pass)
     trainer.callbacks.append(timer)
 
+    noise = GradientNoise(batch_size=64, samples=16)
+
     def epoch() -> dict[str, float]:
         train_s_before = model.history[-1]["time/train_s"] if model.history else 0.0
         fit_one_more_epoch(trainer, model, datamodule=data)
         train_s = model.history[-1]["time/train_s"] - train_s_before
+        start = time.perf_counter()
+        noise.measure(model)  # what noise.enabled=true adds to each epoch, at these weights
         return {
+            "noise": time.perf_counter() - start,
             "a_on": timer.seconds[-1],
             "a_on train": train_s,
             "a_on validation": timer.validation_seconds[-1],
@@ -360,6 +370,7 @@ ROWS = {
     "c": "c     torchvision + DataLoader + default Trainer",
     "c data": "c data  its torchvision + DataLoader alone",
     "fwd": "fwd   forward pass over train+val+test",
+    "noise": "noise gradient noise, one measurement",
 }
 
 Target = tuple[str, float]
@@ -374,6 +385,7 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
     # last.ckpt too). Within a_on's epochs, what is not training also holds the write of last.ckpt.
     ("eval cost (a_on - a) / fwd", "a_on - a", "fwd", ("<=", 1.0)),
     ("(a_on - its train part) / fwd", "a_on evaluation", "fwd", None),
+    ("noise measurement / training epoch (a)", "noise", "a", ("<=", 1.0)),
     ("c/a", "c", "a", (">=", 4.0)),
     # What c/a could reach if descent cost no more than the plain loop: c/a's ceiling on this machine.
     ("c/b", "c", "b", None),
