@@ -163,3 +163,17 @@ def test_make_data_installs_fashion_mnist_with_apt_as_root_or_says_the_command(t
         apt.chmod(0o755)
         assert make_data(FASHION_MNIST_DIR=missing, APT_GET=str(apt)) == "installing Debian's dataset-fashion-mnist"
         assert asked.read_text().splitlines() == ["install -y -qq dataset-fashion-mnist"]
+
+
+def test_a_runs_console_says_each_thing_once_and_nothing_of_lightnings_start_up(idx_dir: Path, tmp_path: Path) -> None:
+    done = run("src/train.py", *small(idx_dir), f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    said = [line.split("] - ", 1)[-1] for line in lines]  # without Hydra's timestamp and logger name
+    for absent in ("GPU available", "TPU available", "litlogger", "Tip:", "limit_train_batches", "Warning"):
+        assert not [line for line in said if absent in line], absent
+    assert len(said) == len(set(said)), "a line said twice"
+    assert [line.split()[0] for line in said if line.startswith("epoch ")] == ["epoch", "epoch"]  # one a epoch
+    assert said[0].startswith("MNIST: 600 training and 200 test images") or "FashionMNIST: 600" in said[0]
+    assert any(line.startswith("memory on cpu:") for line in said)
+    assert [line.split()[0] for line in said[-3:]] == ["train", "final", "best"]  # the table, last

@@ -29,7 +29,7 @@ BAD_SETTINGS = [
     ("optimizer=momentum", "optimizer.momentum=-0.1", "optimizer.momentum=-0.1 is not allowed"),
     ("optimizer=sgd", "optimizer.weight_decay=-1", "optimizer.weight_decay=-1 is not allowed: give a number >= 0"),
     ("optimizer=adam", "optimizer.lr=abc", "optimizer.lr='abc' is not allowed: the learning rate must be a positive"),
-    ("optimizer=adam", "+optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] is not allowed"),
+    ("optimizer=adam", "optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0] is not allowed"),
     ("model=mlp", "model.net.hidden=[64,0]", "model.net.hidden=[64, 0] is not allowed: give a list of positive"),
     ("model=mlp", "model.net.hidden=64", "model.net.hidden=64 is not allowed: give a list of positive layer widths"),
     ("model=mlp", "model.net.hidden=[a]", "model.net.hidden=['a'] is not allowed"),
