@@ -54,6 +54,7 @@ def quiet_lightning() -> None:
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.profilers").setLevel(logging.INFO)  # debug=profile's report is its point
     for message in LIGHTNING_WARNINGS_ANSWERED:
         warnings.filterwarnings("ignore", message=message)
 
