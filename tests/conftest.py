@@ -20,6 +20,8 @@ def make_cfg(tmp_path: Path, idx_dir: Path) -> Callable[..., DictConfig]:
 
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
         cfg = compose_train(*SMALL, f"run_dir={run_dir or tmp_path / 'run'}", *overrides)
+        if "hidden" in cfg.model.net and not any(o.startswith("model.net.hidden=") for o in overrides):
+            cfg.model.net.hidden = [32]
         if "data_dir" in cfg.data:  # never the network, never the user's data/
             cfg.data.data_dir, cfg.data.download = str(idx_dir), False
         return cfg

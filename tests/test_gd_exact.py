@@ -8,7 +8,7 @@ from helpers import EXACT, assert_same, reference_step, run, trained_step
 from descent.training import train
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "resnet"])
 @pytest.mark.parametrize("chunk_size", [7, 64, 499, "full"])
 def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(make_cfg, tmp_path: Path, chunk_size, model) -> None:
     """N = 500: 7 and 64 do not divide it, so the last chunk is smaller and must weigh less."""
@@ -18,7 +18,7 @@ def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(make_cfg, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", "resnet"])
 def test_one_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
     make_cfg, idx_dir: Path, tmp_path: Path, model: str
 ) -> None:
@@ -26,7 +26,8 @@ def test_one_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
     run_dir = tmp_path / "ddp"
     done = run(
         "src/train.py", "trainer=ddp_cpu", *EXACT, "chunk_size=33", "data.val_size=100", f"model={model}",
-        "model.net.hidden=[32]", f"data.data_dir={idx_dir}", "data.download=false", f"hydra.run.dir={run_dir}",
+        *([] if model == "resnet" else ["model.net.hidden=[32]"]), f"data.data_dir={idx_dir}",
+        "data.download=false", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_same(trained_step(run_dir), reference_step(make_cfg, f"model={model}"))

@@ -19,8 +19,9 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from descent import metrics
 from descent.backprop import check_mlp
+from descent.batchnorm import ghost_batch_norm, recompute_statistics
 from descent.checkpoints import rebuild_schedule
-from descent.data import EVAL_SETS, Chunk
+from descent.data import EVAL_SETS, Chunk, Chunks, Plan
 from descent.errors import require
 from descent.stepping import Diverged, take_step
 
@@ -35,6 +36,10 @@ class Classifier(LightningModule):
 
     `gradient_clip_val` and `gradient_clip_algorithm` are the Trainer's settings of those names, applied here:
     Lightning refuses them under manual optimization, which a step over several chunks needs.
+
+    Every BatchNorm in `net` normalises fixed groups of `norm_batch_size` samples in training, and its statistics
+    are recomputed from the training set before every evaluation (`descent.batchnorm`): no figure depends on
+    chunk_size or the number of devices.
     """
 
     def __init__(
@@ -45,11 +50,14 @@ class Classifier(LightningModule):
         backprop: str = "autograd",
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
+        norm_batch_size: int = 32,
     ) -> None:
         super().__init__()
         require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
         if backprop == "manual":
             check_mlp(net)
+        self.norms = ghost_batch_norm(net, norm_batch_size)
+        self.norm_batch_size = norm_batch_size
         # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
         # scales by a fixed count instead of the samples actually in the step.
         self.automatic_optimization = False
@@ -118,6 +126,33 @@ class Classifier(LightningModule):
     def _end_of_epoch(self) -> bool:
         """Evaluating theta^k within fit, not in a sanity check and not in `validate` (eval.py)."""
         return self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+
+    @property
+    def samples_per_group(self) -> int:
+        """The samples a step's chunks must keep together: a BatchNorm's group, or 1 without BatchNorm."""
+        return self.norm_batch_size if self.norms else 1
+
+    def recompute_norm_statistics(self) -> None:
+        """Precise BatchNorm at the present weights: each norm's statistics over the whole training set, read in
+        the run's chunks (cut at group boundaries) on each rank and summed over the ranks."""
+        if not self.norms:
+            return
+        data, trainer = self.trainer.datamodule, self.trainer
+        images, labels = data.sets["train"]
+        n, precision = len(labels), trainer.precision_plugin
+        rank, world_size, group_size = trainer.global_rank, trainer.world_size, self.norm_batch_size
+        plan = Plan(n, n, data.samples_per_chunk, rank=rank, world_size=world_size, group_size=group_size)
+        chunks = (precision.convert_input(chunk.x) for chunk in Chunks(plan, images, labels))
+        reduce = (lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")) if trainer.world_size > 1 else None
+        with precision.forward_context():
+            recompute_statistics(self.net, self.norms, chunks, reduce or (lambda sums: sums))
+
+    def on_validation_model_eval(self) -> None:
+        """Before anything is evaluated (a callback's measurement included): the statistics of theta^k."""
+        if self._end_of_epoch():
+            self.stop_clock()
+        self.recompute_norm_statistics()
+        super().on_validation_model_eval()
 
     def on_validation_epoch_start(self) -> None:
         if self._end_of_epoch():

@@ -116,3 +116,56 @@ class LeNet(nn.Module):
             and all(is_whole(width) and width >= 1 for width in hidden),
             f"model.net.hidden={hidden!r} is not allowed: give a list of positive layer widths, e.g. [120,84]",
         )
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3, BN-ReLU-conv3x3, plus the input (through a 1x1 convolution where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        return self.conv2(torch.relu(self.bn2(out))) + shortcut
+
+
+class ResNet(nn.Module):
+    """A pre-activation ResNet (He et al. 2016, "Identity Mappings in Deep Residual Networks") for small images:
+    a 3x3 convolution, three stages of (depth - 2) / 6 blocks of `width`, 2*`width` and 4*`width` channels (the
+    last two halve the resolution: 28x28 -> 7x7, 32x32 -> 8x8), BatchNorm and ReLU, global average pooling, logits.
+    `depth` counts the weighted layers as the paper's CIFAR ResNets do (8, 14, 20, 32, 56, ...)."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, depth: int = 8, width: int = 16) -> None:
+        self.check(depth, width)
+        super().__init__()
+        blocks = (depth - 2) // 6
+        self.stem = nn.Conv2d(input_shape[0], width, 3, padding=1, bias=False)
+        layers: list[nn.Module] = []
+        c_in = width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+            for block in range(blocks):
+                layers.append(PreActBlock(c_in, c_out, 2 if stage > 0 and block == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(c_in), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    @staticmethod
+    def check(depth: object = 8, width: object = 16) -> None:
+        require(
+            is_whole(depth) and depth >= 8 and (depth - 2) % 6 == 0,
+            f"model.net.depth={depth!r} is not allowed: give 6n+2 for n >= 1 blocks per stage (8, 14, 20, 32, ...)",
+        )
+        require(is_whole(width) and width >= 1, f"model.net.width={width!r} is not allowed: give a positive number")

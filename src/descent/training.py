@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics
+from descent.batchnorm import check_samples_apart
 from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load
 from descent.config import check_config
 from descent.data import ImageData
@@ -76,6 +77,7 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
     model: Classifier = instantiate(
         cfg.model, net=net, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"), **clipping
     )
+    data.samples_per_group = model.samples_per_group
     return data, model
 
 
@@ -94,6 +96,24 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
     )
     per_device = -(-data.samples_per_step // trainer.world_size)
     return plan_chunk_size(plan, per_device, data.samples_per_chunk, cfg.full_batch, device)
+
+
+def check_batch_coupling(data: ImageData, model: Classifier, world_size: int) -> None:
+    """Before training: refuse a network whose samples mix in a way chunks would change; say how BatchNorm's groups
+    meet the chunk size."""
+    largest_set = max(len(y) for _, y in data.sets.values())
+    one_pass = world_size == 1 and data.samples_per_chunk >= max(data.samples_per_step, largest_set)
+    check_samples_apart(model.net, data.input_shape, model.norm_batch_size, one_pass)
+    group = data.samples_per_group
+    if group > 1 and data.samples_per_chunk % group:
+        held = max(group, data.samples_per_chunk // group * group)
+        log.info(
+            "BatchNorm in groups of model.norm_batch_size=%d: chunks hold whole groups, %d samples at most "
+            "(chunk_size %d)",
+            group,
+            held,
+            data.samples_per_chunk,
+        )
 
 
 def build_trainer(
@@ -139,6 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     measured = (GradientNoise(noise.batch_size, noise.samples),) if noise.get("enabled") else ()
     trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
+    check_batch_coupling(data, model, trainer.world_size)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.

@@ -105,6 +105,10 @@ class Plan:
     draws the same ones); without it, or when one step takes the whole set (GD), the order is the stored one and
     chunks are slices, not gathers. Each step is split into one contiguous share per rank, so every sample is seen
     exactly once per epoch and the steps do not depend on the number of ranks.
+
+    `group_size` > 1 (a network with BatchNorm: `descent.batchnorm`) cuts shares and chunks only at multiples of
+    it from the step's start, so each normalisation group is computed in one forward call; a chunk then holds at
+    least one group, and at most `chunk_size` samples where `chunk_size` is a multiple of it.
     """
 
     def __init__(
@@ -117,10 +121,12 @@ class Plan:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | None = None,
+        group_size: int = 1,
     ) -> None:
         self.n, self.batch_size, self.chunk_size = n, batch_size, chunk_size
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.group_size = group_size
 
     @property
     def steps(self) -> int:
@@ -128,7 +134,10 @@ class Plan:
         return math.ceil(self.n / self.batch_size)
 
     def _chunks_per_step(self, step_size: int) -> int:
-        return max(1, math.ceil(math.ceil(step_size / self.world_size) / self.chunk_size))
+        """The same on every rank (each chunk's backward is an all-reduce under DDP), however the groups fall."""
+        groups = math.ceil(step_size / self.group_size)
+        groups_per_chunk = max(1, self.chunk_size // self.group_size)
+        return max(1, math.ceil(math.ceil(groups / self.world_size) / groups_per_chunk))
 
     @property
     def chunks(self) -> int:
@@ -143,16 +152,15 @@ class Plan:
 
     def __iter__(self) -> Iterator[list[tuple[Index, float]]]:
         """Each step: its chunks on this rank, as (samples, loss divisor)."""
-        order = self._order()
+        order, g = self._order(), self.group_size
         for start in range(0, self.n, self.batch_size):
             step_size = min(self.batch_size, self.n - start)
-            mine = start + self.rank * step_size // self.world_size
-            mine_size = start + (self.rank + 1) * step_size // self.world_size - mine
+            groups = math.ceil(step_size / g)
+            first, last = self.rank * groups // self.world_size, (self.rank + 1) * groups // self.world_size
             n_chunks = self._chunks_per_step(step_size)
             loss_divisor = step_size / self.world_size
-            bounds = [
-                (mine + i * mine_size // n_chunks, mine + (i + 1) * mine_size // n_chunks) for i in range(n_chunks)
-            ]
+            cuts = [start + min(step_size, g * (first + i * (last - first) // n_chunks)) for i in range(n_chunks + 1)]
+            bounds = list(zip(cuts, cuts[1:], strict=False))
             yield [(slice(lo, hi) if order is None else order[lo:hi], loss_divisor) for lo, hi in bounds]
 
 
@@ -221,6 +229,7 @@ class ImageData(LightningDataModule):
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
         self.sets: dict[str, tuple[Images, Tensor]] = {}
+        self.samples_per_group = 1  # a network with BatchNorm keeps its groups within a chunk (descent.batchnorm)
 
     def load(self) -> tuple[Tensor | Images, Tensor, Tensor | Images, Tensor]:
         """Training images, training labels, test images, test labels. Images are a tensor [N, C, H, W] (or [N, H, W]
@@ -281,7 +290,8 @@ class ImageData(LightningDataModule):
         epoch = lambda: self.trainer.current_epoch if self.trainer else 0  # noqa: E731
         # overfit_batches: the same first steps every epoch, as Lightning turns off a DataLoader's shuffling then.
         seed = None if self.trainer and self.trainer.overfit_batches else self.seed
-        plan = Plan(len(y), self.samples_per_step, self.samples_per_chunk, seed, epoch, rank, world_size, device)
+        steps, chunk, group = self.samples_per_step, self.samples_per_chunk, self.samples_per_group
+        plan = Plan(len(y), steps, chunk, seed, epoch, rank, world_size, device, group)
         return Steps(plan, x, y)
 
     def val_dataloader(self) -> list[Chunks]:
