@@ -86,7 +86,7 @@ def ghost_batch_norm(net: nn.Module, group_size: int) -> list[GhostBatchNorm]:
             where = f"{parent_name}.{name}" if parent_name else name
             require(
                 child.track_running_stats,
-                f"model.net: {where} is a BatchNorm with track_running_stats=False, which normalises by the batch "
+                f"model.net.{where} is a BatchNorm with track_running_stats=False, which normalises by the batch "
                 "in evaluation too, so every figure would depend on chunk_size; give it track_running_stats=True "
                 "(descent recomputes the statistics before every evaluation)",
             )
@@ -139,8 +139,9 @@ def recompute_statistics(
 
 
 def mixing_module(net: nn.Module, input_shape: tuple[int, ...], group_size: int, training: bool) -> str | None:
-    """The first module (in call order) whose output for one sample depends on other samples of its forward call
-    beyond the sample's own normalisation group, in training or eval mode (dropout off); None if there is none.
+    """`model.net.<name> (<class>)` of the first module (in call order) whose output for one sample depends on
+    other samples of its forward call beyond the sample's own normalisation group, in training or eval mode
+    (dropout off); None if there is none.
 
     A probe: 2 groups of 2 samples (group_size is set to 2 for it), random inputs; the gradient of the first
     group's outputs with respect to the second group's inputs must be exactly zero. Nothing of `net` changes.
@@ -180,7 +181,9 @@ def mixing_module(net: nn.Module, input_shape: tuple[int, ...], group_size: int,
 
             if not mixes(logits):
                 return None
-            return next((name for name, output in outputs if mixes(output)), type(net).__name__)
+            modules = dict(net.named_modules())
+            name = next((name for name, output in outputs if mixes(output)), "")
+            return f"model.net{'.' if name else ''}{name} ({type(modules[name]).__name__})"
     finally:
         for handle in handles:
             handle.remove()
@@ -198,7 +201,7 @@ def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], group_size
         name = mixing_module(net, input_shape, group_size, training)
         if name is not None and not one_pass:
             raise DescentError(
-                f"model.net: {name} mixes the samples of a forward pass in {when} mode (not as nn.BatchNorm, which "
+                f"{name} mixes the samples of a forward pass in {when} mode (not as nn.BatchNorm, which "
                 "descent normalises in fixed groups of model.norm_batch_size), so the figures would depend on "
                 "chunk_size and the number of devices; use nn.BatchNorm1d/2d/3d or a per-sample layer (GroupNorm, "
                 "LayerNorm), or chunk_size=full on one device"

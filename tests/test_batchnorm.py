@@ -1,0 +1,186 @@
+"""BatchNorm under chunks and ranks: fixed normalisation groups, statistics recomputed before every evaluation, and
+a refusal, before training, of any other layer that mixes the samples of a batch. The exact GD step of a ResNet in
+chunks and under DDP is in test_gd_exact.py."""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ROOT, environment, run
+from hydra.errors import InstantiationException
+from torch import Tensor, nn
+
+from descent.batchnorm import GhostBatchNorm, ghost_batch_norm, mixing_module
+from descent.errors import DescentError
+from descent.nets import ResNet
+from descent.training import build, train
+
+FLOAT64 = ["trainer.precision=64-true", "logger=none"]
+SMALL_RESNET = ["model=resnet", "model.net.width=4"]
+
+
+class BatchNormMLP(nn.Sequential):
+    """A user's own network, as the README's recipe adds it: Linear, BatchNorm1d, ReLU, ..., logits."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (32,)) -> None:
+        widths = [int(torch.tensor(input_shape).prod()), *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for n_in, n_out in zip(widths, widths[1:], strict=False):
+            layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]
+        super().__init__(*layers, nn.Linear(widths[-1], num_classes))
+
+
+class CentredOnTheBatch(nn.Module):
+    """Subtracts the batch's mean: a layer that mixes samples, not a BatchNorm."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - x.mean(0)
+
+
+class MixingMLP(nn.Sequential):
+    def __init__(self, input_shape: Sequence[int], num_classes: int) -> None:
+        n = int(torch.tensor(input_shape).prod())
+        super().__init__(nn.Flatten(), nn.Linear(n, 16), CentredOnTheBatch(), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+class UntrackedBatchNorm(nn.Sequential):
+    def __init__(self, input_shape: Sequence[int], num_classes: int) -> None:
+        n = int(torch.tensor(input_shape).prod())
+        layers = [nn.Flatten(), nn.Linear(n, 16), nn.BatchNorm1d(16, track_running_stats=False)]
+        super().__init__(*layers, nn.Linear(16, num_classes))
+
+
+def test_ghost_batch_norm_normalises_each_group_by_its_own_statistics() -> None:
+    """Groups of 4 consecutive samples, the last one smaller (10 = 4 + 4 + 2); eval mode uses running statistics."""
+    generator = torch.Generator().manual_seed(0)
+    plain = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 2, generator=generator)
+        plain.bias.uniform_(-1, 1, generator=generator)
+    net = nn.Sequential(plain)
+    keys = set(net.state_dict())
+    (ghost,) = ghost_batch_norm(net, 4)
+    assert isinstance(net[0], GhostBatchNorm) and set(net.state_dict()) == keys
+    assert ghost.weight is plain.weight  # the same parameters: an optimizer built before or after sees them
+    x = torch.randn(10, 3, 5, 5, dtype=torch.float64, generator=generator)
+    expected = torch.cat(
+        [F.batch_norm(x[i : i + 4], None, None, plain.weight, plain.bias, True) for i in range(0, 10, 4)]
+    )
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-12)
+    net.eval()
+    torch.testing.assert_close(net(x), F.batch_norm(x, ghost.running_mean, ghost.running_var, plain.weight, plain.bias))
+
+
+def test_the_probe_names_a_module_that_mixes_samples_and_passes_batch_norm() -> None:
+    resnet = ResNet((1, 28, 28), 10, depth=8, width=4)
+    ghost_batch_norm(resnet, 32)
+    before = {name: value.clone() for name, value in resnet.state_dict().items()}
+    assert mixing_module(resnet, (1, 28, 28), 32, training=True) is None
+    assert mixing_module(resnet, (1, 28, 28), 32, training=False) is None
+    assert all(torch.equal(value, before[name]) for name, value in resnet.state_dict().items())
+    assert (
+        mixing_module(MixingMLP((1, 28, 28), 10), (1, 28, 28), 32, training=True) == "model.net.2 (CentredOnTheBatch)"
+    )
+    plain_resnet = ResNet((1, 28, 28), 10, depth=8, width=4)  # nn.BatchNorm2d, not yet grouped: it mixes
+    assert mixing_module(plain_resnet, (1, 28, 28), 32, training=True) == "model.net.blocks.0.bn1 (BatchNorm2d)"
+
+
+def final_figures(result: dict) -> dict[str, float]:
+    return {key: value for key, value in result["final"].items() if key.split("/")[0] in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("net", ["resnet", "user"])
+def test_sgd_figures_do_not_depend_on_chunk_size(make_cfg, tmp_path: Path, net: str) -> None:
+    """SGD with B=128 (4 groups of 32 a step; the last step of 116 has 3 groups and 20 samples): an epoch in chunks
+    of 7 (one group each), 64, 499 and the whole step gives the same weights, statistics and figures (float64)."""
+    results, weights = [], []
+    for chunk_size in (7, 64, 499, "full"):
+        run_dir = tmp_path / f"chunks-{chunk_size}"
+        overrides = [*FLOAT64, "max_epochs=1", "batch_size=128", f"chunk_size={chunk_size}"]
+        cfg = make_cfg(*overrides, *(SMALL_RESNET if net == "resnet" else ["model=mlp"]), run_dir=run_dir)
+        if net == "user":
+            cfg.model.net = {"_target_": "test_batchnorm.BatchNormMLP", "hidden": [32, 16]}
+        results.append(final_figures(train(cfg)))
+        weights.append(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert any("running_var" in name for name in weights[0])
+    for result, state in zip(results[1:], weights[1:], strict=True):
+        for key, value in results[0].items():
+            assert result[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        for name, value in weights[0].items():
+            torch.testing.assert_close(state[name], value, rtol=0, atol=1e-10, msg=name)
+
+
+def test_statistics_are_those_of_the_whole_training_set_at_the_evaluated_weights(make_cfg, tmp_path: Path) -> None:
+    """The first BatchNorm's input is the stem's output: its recomputed running mean and variance are the mean and
+    unbiased variance of that output over every training sample, with the weights of the evaluated epoch."""
+    cfg = make_cfg(*FLOAT64, *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    data, model = build(cfg)
+    images, _ = data.sets["train"]
+    stem = model.net.stem.double()
+    stem.weight.data = state["net.stem.weight"]
+    with torch.no_grad():
+        out = stem(images.x.double())
+    torch.testing.assert_close(state["net.blocks.0.bn1.running_mean"], out.mean((0, 2, 3)), rtol=0, atol=1e-10)
+    var = out.transpose(0, 1).flatten(1).var(1)
+    torch.testing.assert_close(state["net.blocks.0.bn1.running_var"], var, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "gd", "lbfgs"])
+def test_the_resnet_trains_with_sgd_gd_and_lbfgs(make_cfg, optimizer: str) -> None:
+    """Two epochs on the small learnable set: the training loss falls, every figure is finite."""
+    lr = {"sgd": ["optimizer.lr=0.05", "batch_size=32"], "gd": ["optimizer.lr=0.5"], "lbfgs": []}[optimizer]
+    result = train(make_cfg("logger=none", *SMALL_RESNET, f"optimizer={optimizer}", *lr, "max_epochs=2"))
+    losses = [row["train/loss"] for row in result["history"]]
+    assert losses[1] < losses[0], losses
+
+
+@pytest.mark.slow
+def test_figures_under_ddp_on_two_processes_equal_one_process(make_cfg, idx_dir: Path, tmp_path: Path) -> None:
+    """Two gloo ranks, chunks of 33 (one group of 32 each): the same figures as one process in one chunk."""
+    args = [*FLOAT64, *SMALL_RESNET, "max_epochs=1", "batch_size=128", "data.val_size=100"]
+    one = final_figures(train(make_cfg(*args, "chunk_size=full")))
+    run_dir = tmp_path / "ddp"
+    done = run(
+        "src/train.py", "trainer=ddp_cpu", *args, "chunk_size=33", f"data.data_dir={idx_dir}", "data.download=false",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    two = final_figures(json.loads((run_dir / "metrics.json").read_text()))
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_a_layer_that_mixes_samples_is_refused_in_one_line_before_training(idx_dir: Path, tmp_path: Path) -> None:
+    done = run(
+        "src/train.py", "model.net._target_=test_batchnorm.MixingMLP", "~model.net.hidden", "~model.net.activation",
+        "~model.net.dropout", f"data.data_dir={idx_dir}", "data.download=false", "data.val_size=100",
+        "chunk_size=64", f"hydra.run.dir={tmp_path / 'run'}",
+        env=environment(PYTHONPATH=str(ROOT / "tests")),
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert (
+        lines[0].startswith("error: model.net.2 (CentredOnTheBatch) mixes the samples")
+        and "chunk_size=full" in lines[0]
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_same_layer_is_accepted_when_every_step_and_set_is_one_forward_pass(make_cfg) -> None:
+    cfg = make_cfg("logger=none", "max_epochs=1", "optimizer=gd", "chunk_size=full")
+    cfg.model.net = {"_target_": "test_batchnorm.MixingMLP"}
+    assert train(cfg)["history"]
+
+
+def test_batch_norm_without_running_statistics_is_refused(make_cfg) -> None:
+    cfg = make_cfg("logger=none")
+    cfg.model.net = {"_target_": "test_batchnorm.UntrackedBatchNorm"}
+    with pytest.raises(InstantiationException) as raised:  # src/train.py prints its cause in one line
+        build(cfg)
+    assert isinstance(raised.value.__cause__, DescentError)
+    assert str(raised.value.__cause__).startswith("model.net.2 is a BatchNorm with track_running_stats=False")
