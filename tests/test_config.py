@@ -176,6 +176,7 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
 SEARCHED_NETWORK = {
     "mlp": ({"hidden_width": "64"}, {"hidden": [64, 64]}),
     "cnn": ({"conv_channels": "8", "linear_width": "60"}, {"channels": [6, 8], "hidden": [60, 84]}),
+    "resnet": ({"model.net.width": "8", "model.net.depth": "14"}, {"width": 8, "depth": 14}),
 }
 """Per network: what a search varies (a value a trial may take), and what that makes of `model.net`."""
 

@@ -47,7 +47,9 @@ class StepsToTarget(Callback):
 
 @torch.no_grad()
 def validation_error(trainer, module) -> float:  # type: ignore[no-untyped-def]
-    """The current weights' error rate on the whole validation set (this rank's share, summed over ranks)."""
+    """The current weights' error rate on the whole validation set (this rank's share, summed over ranks), with
+    BatchNorm statistics recomputed at these weights as every evaluation has them (a pass over the training set)."""
+    module.recompute_norm_statistics()
     data = trainer.datamodule
     images, labels = data.sets["val"]
     plan = Plan(
