@@ -42,10 +42,13 @@ class GhostBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        if self.sums is not None:
-            dims = [0, *range(2, x.dim())]
-            count = torch.full_like(self.sums[0], x.numel() / max(1, x.shape[1]))
-            self.sums += torch.stack([count, x.sum(dims).double(), x.square().sum(dims).double()])
+        if self.sums is not None and len(x):
+            # Per sample first, over the contiguous positions, then over samples in float64: x * x never exists.
+            flat = x.reshape(len(x), x.shape[1], -1)
+            count = torch.full_like(self.sums[0], flat.shape[0] * flat.shape[2])
+            total = flat.sum(2).double().sum(0)
+            squares = torch.linalg.vector_norm(flat, dim=2).double().square().sum(0)
+            self.sums += torch.stack([count, total, squares])
         n, g = len(x), self.group_size
         full = n - n % g
         parts = [self._groups(x[:full], full // g)] if full else []
