@@ -41,7 +41,7 @@ def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path)
     module, model = build(cfg)
     assert isinstance(module, ImageData) and isinstance(model, Classifier)
     images, y = module.sets["train"]
-    x = images.x
+    x = images.normalised()
     assert x.shape[1:] == module.input_shape == (1, 28, 28)
     assert model.net[0].in_features == 784
     assert x.dtype == torch.float32 and y.dtype == torch.int64
@@ -218,7 +218,7 @@ def test_model_options_build_their_network_for_the_data_shape(make_cfg, model: s
     check_config(cfg)
     data, built = build(cfg)
     assert isinstance(built, Classifier)
-    logits = built(data.sets["test"][0].x[:5])
+    logits = built(data.sets["test"][0].normalised(slice(0, 5)))
     assert logits.shape == (5, data.num_classes)
 
 

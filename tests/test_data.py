@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from descent.data import Chunk, Plan, Tensors
-from descent.data.base import Steps
+from descent.data.base import Chunks, Steps
 from descent.data.idx import IdxData, read_idx, write_idx
 from descent.errors import DescentError
 
@@ -78,11 +78,40 @@ def test_each_epoch_draws_a_fresh_permutation_that_depends_on_seed_and_epoch_onl
     assert torch.equal(second, again)
 
 
-def test_a_step_over_the_whole_set_is_served_as_views_not_copies() -> None:
+class CountedReads(Tensors):
+    """Real `Tensors` that also note each index it is asked to read: to see when, and how, chunks are made."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__(x)
+        self.reads: list[Any] = []
+
+    def normalised(self, index: Any = slice(None)) -> torch.Tensor:
+        self.reads.append(index)
+        return super().normalised(index)
+
+
+def test_a_step_over_the_whole_set_makes_its_chunks_one_at_a_time_as_slices() -> None:
+    """GD over an in-memory set: each chunk is read (converted to float) as it is needed, never the set at once."""
     x, y = torch.randn(100, 3), torch.arange(100)
-    (step,) = epoch(x, y, 100, 30, seed=0)
-    assert all(chunk.x.data_ptr() == x[int(chunk.y[0])].data_ptr() for chunk in step)
-    assert torch.equal(torch.cat([chunk.y for chunk in step]), y)
+    images = CountedReads(x)
+    (step,) = list(Steps(Plan(100, 100, 30, seed=0), images, y))
+    assert images.reads == []
+    for i, chunk in enumerate(step):
+        assert len(images.reads) == i + 1 and isinstance(images.reads[i], slice)
+        assert torch.equal(chunk.x, x[images.reads[i]]) and chunk.x.data_ptr() != x.data_ptr()
+    assert len(step) == 4 and step[0].loss_divisor == 100
+    again = list(step)  # a line search evaluates the step again: read afresh, the same chunks
+    assert torch.equal(torch.cat([chunk.y for chunk in again]), y)
+    assert torch.equal(torch.cat([chunk.x for chunk in again]), x)
+
+
+def test_the_evaluation_makes_one_chunk_at_a_time() -> None:
+    x, y = torch.randn(100, 3), torch.arange(100)
+    images = CountedReads(x)
+    chunks = iter(Chunks(Plan(100, 100, 30), images, y))
+    first = next(chunks)
+    assert len(images.reads) == 1 and torch.equal(first.x, x[:25])
+    assert torch.equal(torch.cat([first.x, *(chunk.x for chunk in chunks)]), x)
 
 
 @pytest.mark.parametrize(("n", "batch_size", "chunk_size"), [(103, 10, 10), (103, 103, 8), (7, 3, 1)])
@@ -100,10 +129,20 @@ def test_ranks_share_each_step_disjointly_with_equal_chunk_counts(n: int, batch_
         assert divisors == {step[0].loss_divisor / 3}
 
 
-def test_in_memory_images_keep_their_shape_and_are_normalised_by_the_training_part(idx_dir) -> None:
+def test_in_memory_images_stay_uint8_and_are_read_normalised_by_the_training_part(idx_dir) -> None:
     data = IdxData(dataset="MNIST", data_dir=str(idx_dir), download=False, val_size=100)
     data.setup()
     train, _ = data.sets["train"]
     assert data.input_shape == (1, 28, 28)
-    assert train.x.shape == (500, 1, 28, 28) and train.x.dtype == torch.float32
-    assert abs(float(train.x.mean())) < 1e-5 and float(train.x.std()) == pytest.approx(1, rel=1e-4)
+    assert train.x.shape == (500, 1, 28, 28) and train.x.dtype == torch.uint8  # a quarter of float32
+    assert data.nbytes == sum(x.x.nbytes + y.nbytes for x, y in data.sets.values())
+    x = train.normalised()
+    assert x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1e-5 and float(x.std()) == pytest.approx(1, rel=1e-4)
+    # The figures normalising the whole training part as float32 at load gave, to float32 rounding.
+    as_float = train.x.float()
+    mean, std = as_float.mean(), as_float.std()
+    for images, _ in data.sets.values():
+        torch.testing.assert_close(images.normalised(), (images.x.float() - mean) / std, rtol=0, atol=2e-6)
+        chunks = [chunk.x for chunk in Chunks(Plan(len(images), len(images), 64), images, torch.zeros(len(images)))]
+        assert torch.equal(torch.cat(chunks), images.normalised())
