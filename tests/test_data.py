@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from descent.data import Chunk, Plan, Tensors
+from descent.data.augment import Augment
 from descent.data.base import Chunks, Steps
 from descent.data.idx import IdxData, read_idx, write_idx
 from descent.errors import DescentError
@@ -146,3 +147,68 @@ def test_in_memory_images_stay_uint8_and_are_read_normalised_by_the_training_par
         torch.testing.assert_close(images.normalised(), (images.x.float() - mean) / std, rtol=0, atol=2e-6)
         chunks = [chunk.x for chunk in Chunks(Plan(len(images), len(images), 64), images, torch.zeros(len(images)))]
         assert torch.equal(torch.cat(chunks), images.normalised())
+
+
+def augmented_epoch(x: torch.Tensor, epoch_number: int, **plan: Any) -> list[torch.Tensor]:
+    """Each step's augmented images on this rank, concatenated, as the training loader serves them."""
+    y = torch.arange(len(x))
+    augment = Augment(crop_padding=2, flip=True)
+    steps = Steps(Plan(len(x), 16, 5, seed=0, epoch=lambda: epoch_number, **plan), Tensors(x), y, augment, seed=7)
+    return [torch.cat([chunk.x for chunk in step]) for step in steps]
+
+
+def test_augmented_images_are_reflect_padded_crops_and_flips_drawn_per_sample() -> None:
+    x = torch.randn(400, 2, 6, 9)
+    augment = Augment(crop_padding=2, flip=True)
+    draws = augment.draws(seed=3, epoch=1, n=len(x))
+    out = augment(x, draws)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for image, source, (dy, dx, flip) in zip(out, padded, draws.tolist(), strict=True):
+        crop = source[:, 2 + dy : 2 + dy + 6, 2 + dx : 2 + dx + 9]
+        assert torch.equal(image, crop.flip(-1) if flip else crop)
+    assert {tuple(d) for d in draws[:, :2].tolist()} == {(a, b) for a in range(-2, 3) for b in range(-2, 3)}
+    assert set(draws[:, 2].tolist()) == {0, 1}
+    assert torch.equal(Augment(crop_padding=0, flip=False)(x, Augment(0, False).draws(3, 1, len(x))), x)
+
+
+def test_an_epochs_augmented_images_are_the_same_on_any_number_of_ranks_and_when_redrawn() -> None:
+    x = torch.randn(70, 1, 8, 8)
+    single = augmented_epoch(x, 2)
+    ranks = [augmented_epoch(x, 2, rank=rank, world_size=2) for rank in range(2)]
+    assert all(torch.equal(one, torch.cat(shares)) for one, *shares in zip(single, *ranks, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(single, augmented_epoch(x, 2), strict=True))  # a resumed run
+    assert not torch.equal(torch.cat(single), torch.cat(augmented_epoch(x, 3)))  # a fresh draw each epoch
+
+
+def test_only_the_training_steps_are_augmented(idx_dir) -> None:
+    def loaded(**augment: Any) -> IdxData:
+        data = IdxData(dataset="MNIST", data_dir=str(idx_dir), download=False, val_size=100, **augment)
+        data.setup()
+        return data
+
+    data, plain = loaded(augment={"crop_padding": 3}), loaded()
+    pairs = [
+        pair
+        for steps in zip(data.train_dataloader(), plain.train_dataloader(), strict=True)
+        for pair in zip(*steps, strict=True)
+    ]
+    assert all(torch.equal(chunk.y, same.y) for chunk, same in pairs)
+    changed = torch.cat([(chunk.x != same.x).flatten(1).any(1) for chunk, same in pairs])
+    assert changed.float().mean() > 0.9  # a crop at (0, 0) without a flip leaves 1 in 98 as it was
+    for (images, _), chunks in zip(data.sets.values(), data.val_dataloader(), strict=True):
+        assert torch.equal(torch.cat([chunk.x for chunk in chunks]), images.normalised())
+
+
+@pytest.mark.parametrize(
+    ("augment", "message"),
+    [
+        ({"crop_padding": -1}, "data.augment.crop_padding=-1 is not allowed"),
+        ({"crop_padding": 28}, "data.augment.crop_padding=28 must be smaller than the images' height and width"),
+        ({"flip": "yes"}, "data.augment.flip='yes' is not allowed"),
+        ({"translate": 2}, "data.augment.translate is not a setting"),
+        ("crops", "data.augment='crops' is not allowed"),
+    ],
+)
+def test_a_bad_augmentation_names_its_key(idx_dir, augment: Any, message: str) -> None:
+    with pytest.raises(DescentError, match=message):
+        IdxData(dataset="MNIST", data_dir=str(idx_dir), download=False, val_size=100, augment=augment).setup()

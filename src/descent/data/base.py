@@ -9,6 +9,7 @@ the training device, sliced by index; sets that do not are returned as an `Image
 an image folder) that produces the chunks' images on the device as they are needed.
 """
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -172,44 +173,64 @@ class Plan:
             yield [(slice(lo, hi) if order is None else order[lo:hi], loss_divisor) for lo, hi in bounds]
 
 
+class Stream:
+    """An epoch's images in the plan's order (read ahead by a streamed set), taken by the steps by position."""
+
+    def __init__(self, images: Iterator[Tensor]) -> None:
+        self.images, self.position = images, 0
+
+    def _next(self) -> Tensor:
+        self.position += 1
+        return next(self.images)
+
+    def take(self, start: int, count: int) -> Iterator[Tensor] | None:
+        """The images of chunks start..start+count-1, or None when the stream is past them."""
+        if start < self.position:
+            return None
+        while self.position < start:  # steps fetched but never run: their images are passed over
+            self._next()
+        return (self._next() for _ in range(count))
+
+
 class Step:
     """One optimizer step's chunks on this rank, each made as it is iterated: a GD step over the whole set holds
     one chunk's float images at a time, not the set's. What `training_step` receives.
 
-    The first iteration takes the chunks from the epoch's stream (`Steps`: read ahead in order); a later one (a
-    line search evaluates the step again) reads them afresh. Lightning does not look inside this object, so each
-    chunk gets its precision (`convert`: float64 under trainer.precision=64-true) here.
+    The first iteration takes the step's images from the epoch's `Stream` (chunks `start`, `start + 1`, ...); a
+    later one (a line search evaluates the step again) reads them afresh. Lightning does not look inside this
+    object, so each chunk gets its precision (`convert`: float64 under trainer.precision=64-true) here.
     """
 
-    def __init__(self, steps: "Steps", parts: list[tuple[Index, float]], stream: Iterator[Tensor]) -> None:
-        self.steps, self.parts, self.stream = steps, parts, stream
+    def __init__(self, steps: "Steps", parts: list[tuple[Index, float]], stream: Stream, start: int) -> None:
+        self.steps, self.parts, self.stream, self.start = steps, parts, stream, start
+        self.taken = False
         self.only: Chunk | None = None  # a one-chunk step's chunk, once made: kept, it costs nothing more
 
     def __len__(self) -> int:
         return len(self.parts)
 
+    def _images(self) -> Iterator[Tensor]:
+        streamed = None if self.taken else self.stream.take(self.start, len(self.parts))
+        self.taken = True
+        return streamed or self.steps.images.read(index for index, _ in self.parts)
+
     def __iter__(self) -> Iterator[Chunk]:
-        if self.stream is None:
-            images = self.steps.images.read(index for index, _ in self.parts)
-        else:
-            images, self.stream = self.stream, None
-        # parts first: zip stops at the step's end without taking the next step's image from the stream
-        for (index, divisor), x in zip(self.parts, images, strict=False):
+        for (index, divisor), x in zip(self.parts, self._images(), strict=True):
             chunk = self.steps.chunk(x, index, divisor)
             if len(self.parts) == 1:
                 self.only = chunk
             yield chunk
 
     def __getitem__(self, i: int) -> Chunk:
+        """A chunk by its place (a line search asks for the first's divisor before it iterates)."""
         if self.only is not None and i in (0, -1):
             return self.only
         index, divisor = self.parts[i]
-        if self.stream is None:
+        if self.taken:
             return self.steps.chunk(next(iter(self.steps.images.read([index]))), index, divisor)
-        # Not iterated yet (a line search asks for the divisor first): this step's images leave the stream, so
-        # that the next step's stay in line, and only the one asked for is kept; iterating reads them afresh.
-        stream, self.stream, wanted = self.stream, None, i % len(self.parts)
-        x = [x for j, (_, x) in enumerate(zip(self.parts, stream, strict=False)) if j == wanted][0]
+        # This step's images leave the stream, so that the next step's stay in line; only the one asked for is kept.
+        wanted = i % len(self.parts)
+        x = [x for j, x in enumerate(self._images()) if j == wanted][0]
         return self.steps.chunk(x, index, divisor)
 
 
@@ -242,11 +263,14 @@ class Steps:
         return self.convert(Chunk(x, self.labels[index], divisor))
 
     def __iter__(self) -> Iterator[Step]:
+        # A generator: the epoch's order is drawn at the first step, by when a resumed run knows its epoch.
         if self.augment is not None:
             self.draws = self.augment.draws(self.seed, self.plan.epoch(), len(self.labels)).to(self.labels.device)
         steps = list(self.plan)
-        stream = self.images.read(index for step in steps for index, _ in step)
-        return (Step(self, step, stream) for step in steps)
+        stream = Stream(self.images.read(index for step in steps for index, _ in step))
+        starts = itertools.accumulate((len(step) for step in steps), initial=0)
+        for step, start in zip(steps, starts, strict=False):
+            yield Step(self, step, stream, start)
 
 
 class Chunks:
@@ -262,7 +286,8 @@ class Chunks:
     def __iter__(self) -> Iterator[Chunk]:
         parts = [part for step in self.plan for part in step]
         images = self.images.read(index for index, _ in parts)
-        return (Chunk(x, self.labels[index], divisor) for (index, divisor), x in zip(parts, images, strict=True))
+        for (index, divisor), x in zip(parts, images, strict=True):
+            yield Chunk(x, self.labels[index], divisor)
 
 
 def augmentation(augment: Mapping[str, Any] | bool | None) -> "Augment | None":
