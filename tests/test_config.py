@@ -261,3 +261,18 @@ def test_debug_options_set_lightnings_flags(make_cfg, debug: str) -> None:
         assert trainer.overfit_batches == 10
     else:
         assert type(trainer.profiler).__name__ == "SimpleProfiler"
+
+
+@pytest.mark.parametrize("augment", ["{crop_padding:2,flip:true}", "true", "{crop_padding:1}"])
+def test_data_augment_composes_instantiates_and_trains(make_cfg, augment: str) -> None:
+    from descent.training import train
+
+    cfg = make_cfg("model=cnn", f"data.augment={augment}", "max_epochs=1")
+    data, _ = build(cfg)
+    assert data.augment is not None and data.augment.crop_padding in (1, 2) and data.augment.flip is True
+    assert train(cfg)["final"]["progress/steps"] == 8
+
+
+def test_data_augment_is_off_by_default(make_cfg) -> None:
+    data, _ = build(make_cfg())
+    assert data.augment is None
