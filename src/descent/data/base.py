@@ -5,8 +5,9 @@ An epoch is a seeded permutation cut into steps of B samples (B = N for batch gr
 batch per optimizer step in training (the step's chunks) and one batch per chunk in the evaluation.
 
 A source is an `ImageData` that implements `load`. Sets that fit in memory are returned as tensors and live whole on
-the training device, sliced by index; sets that do not are returned as an `Images` reader (a memory-mapped file,
-an image folder) that produces the chunks' images on the device as they are needed.
+the training device as stored (uint8 for image files), sliced by index and converted to float chunk by chunk; sets
+that do not are returned as an `Images` reader (a memory-mapped file, an image folder) that produces the chunks'
+images on the device as they are needed.
 """
 
 import itertools
