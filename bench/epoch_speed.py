@@ -12,7 +12,10 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
   c     the common template: torchvision's MNIST class (per sample: uint8 -> PIL -> ToTensor -> Normalize) on IDX
         files of the same samples, DataLoader with default collate, automatic optimization under a default
         Trainer (B=64 only); `c data` iterates its DataLoader alone, without training
-  a_bar a with Lightning's progress bar on (refreshed every step, written to /dev/null): the bar's own cost
+  a_bar a with the progress bar a run shows in a terminal (`descent.progress`: Lightning's own, fed at most ten
+        times a second; written to /dev/null): the bar's own cost
+  cnn   at B=512, a with the LeNet CNN (model=cnn), and cnn_aug the same with data.augment={crop_padding: 2,
+        flip: true}: what the crops and flips cost
   noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
         weights after each of its epochs, against an epoch of a
   fwd   one forward pass of the same network over the train, val and test sets (the most the evaluation should
@@ -62,6 +65,7 @@ from descent.data.idx import IDX_FILES, IdxData, write_idx
 from descent.data.synthetic import SyntheticData
 from descent.nets import MLP
 from descent.noise import GradientNoise
+from descent.progress import progress_bar as descent_progress_bar
 from descent.training import build, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -85,14 +89,14 @@ def load_shared_data(scratch: Path) -> tuple[ImageData, str]:
     return data, name
 
 
-def compose_config(batch_size: int | str, data_name: str, scratch: Path, run_name: str) -> DictConfig:
+def compose_config(batch_size: int | str, data_name: str, scratch: Path, run_name: str, *extra: str) -> DictConfig:
     """conf/train.yaml as `src/train.py trainer=cpu logger=none ...` composes it; B = `full` means optimizer=gd."""
     if data_name == "Fashion-MNIST":
         data = ["data=fashion_mnist", f"data.data_dir={scratch / 'no-data'}", "data.download=false"]
     else:
         data = ["data=synthetic", "data.num_train=60000", "data.num_test=10000", "data.val_size=5000"]
     steps = ["optimizer=gd"] if batch_size == "full" else [f"batch_size={batch_size}"]
-    overrides = ["trainer=cpu", "logger=none", f"seed={SEED}", f"run_dir={scratch / run_name}", *data, *steps]
+    overrides = ["trainer=cpu", "logger=none", f"seed={SEED}", f"run_dir={scratch / run_name}", *data, *steps, *extra]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -170,8 +174,11 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
     return epoch
 
 
-def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData, progress_bar: bool = False) -> Epoch:
-    """a: descent's data and model under its trainer config, with `limit_val_batches=0`, saving last.ckpt each epoch.
+def descent_epochs_without_evaluation(
+    cfg: DictConfig, shared: ImageData, progress_bar: bool = False, name: str = "a"
+) -> Epoch:
+    """a: descent's data and model under its trainer config, with `limit_val_batches=0`, saving last.ckpt each epoch;
+    with `progress_bar`, the bar `build_trainer` gives a run in a terminal.
 
     The Trainer is built here from `cfg.trainer` rather than by `build_trainer`, whose best-checkpoint callback
     monitors val/error and would fail without an evaluation; last.ckpt is written as `build_trainer` writes it, so
@@ -185,7 +192,7 @@ def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData, progre
     trainer = instantiate(
         cfg.trainer,
         logger=False,
-        callbacks=[timer, last],
+        callbacks=[timer, last, *([descent_progress_bar()] if progress_bar else [])],
         plugins=[BackgroundCheckpointIO()],
         limit_val_batches=0,
         enable_progress_bar=progress_bar,
@@ -196,10 +203,10 @@ def descent_epochs_without_evaluation(cfg: DictConfig, shared: ImageData, progre
     def epoch() -> dict[str, float]:
         if not progress_bar:
             fit_one_more_epoch(trainer, model, datamodule=data)
-            return {"a": timer.seconds[-1]}
+            return {name: timer.seconds[-1]}
         with open(os.devnull, "w") as devnull, redirect_stdout(devnull), redirect_stderr(devnull):
             fit_one_more_epoch(trainer, model, datamodule=data)
-        return {"a_bar": timer.seconds[-1]}
+        return {name: timer.seconds[-1]}
 
     return epoch
 
@@ -268,7 +275,7 @@ def torchvision_mnist(shared: ImageData, root: Path, transform: Callable[[Image.
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, name in (("train", "train"), ("t10k", "test")):
         images, y = shared.sets[name]
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", as_uint8_images(images.x))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", as_uint8_images(images.normalised()))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", y.to(torch.uint8))
     return MNIST(str(root), train=True, transform=transform, download=False)
 
@@ -304,12 +311,13 @@ def evaluation_forward_pass(cfg: DictConfig, shared: ImageData) -> Callable[[], 
     """fwd: loss and errors of one forward pass over train, val and test in eval mode, `chunk_size` at a time."""
     images, y = shared.sets["train"]
     net = plain_model(cfg, images.x, y).eval()
+    sets = [(x_set.normalised(), y_set) for x_set, y_set in shared.sets.values()]  # float32, as a plain loop has
 
     def seconds() -> float:
         start = time.perf_counter()
         with torch.inference_mode():
-            for x_set, y_set in shared.sets.values():
-                chunks = zip(x_set.x.split(cfg.chunk_size), y_set.split(cfg.chunk_size), strict=True)
+            for x_set, y_set in sets:
+                chunks = zip(x_set.split(cfg.chunk_size), y_set.split(cfg.chunk_size), strict=True)
                 for x_chunk, y_chunk in chunks:
                     logits = net(x_chunk)
                     F.cross_entropy(logits, y_chunk, reduction="sum").item()
@@ -347,12 +355,23 @@ def measure_batch_size(
     # fwd runs inside a_on.
     variants = [
         descent_epochs_without_evaluation(cfg_off, shared, progress_bar=True),
-        plain_loop_epochs(cfg_off, images.x, y, steps_of),
+        plain_loop_epochs(cfg_off, images.normalised(), y, steps_of),
         descent_epochs_without_evaluation(cfg_off, shared),
         descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared)),
     ]
     if with_torchvision:
         variants.append(torchvision_pipeline_epochs(cfg_off, shared, scratch, steps_of))
+    if batch_size == 512:  # the augmentation's cost, on the network it is for; the two run back to back
+        cnn = ("model=cnn",)
+        augmented = (*cnn, "data.augment={crop_padding:2,flip:true}")
+        variants.append(
+            descent_epochs_without_evaluation(compose_config(512, data_name, scratch, "cnn", *cnn), shared, name="cnn")
+        )
+        variants.append(
+            descent_epochs_without_evaluation(
+                compose_config(512, data_name, scratch, "cnn-aug", *augmented), shared, name="cnn_aug"
+            )
+        )
     started = time.perf_counter()
     timings = interleaved_epoch_seconds(variants, epochs)
     timings["a_on - a"] = [on - off for on, off in zip(timings["a_on"], timings["a"], strict=True)]
@@ -371,6 +390,8 @@ ROWS = {
     "c data": "c data  its torchvision + DataLoader alone",
     "fwd": "fwd   forward pass over train+val+test",
     "noise": "noise gradient noise, one measurement",
+    "cnn": "cnn   LeNet CNN, evaluation off",
+    "cnn_aug": "cnn_aug the same, crops and flips on",
 }
 
 Target = tuple[str, float]
@@ -390,6 +411,7 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
     # What c/a could reach if descent cost no more than the plain loop: c/a's ceiling on this machine.
     ("c/b", "c", "b", None),
     ("c data/a", "c data", "a", None),
+    ("augmentation (cnn_aug/cnn)", "cnn_aug", "cnn", ("<=", 1.10)),
 ]
 
 

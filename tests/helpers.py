@@ -42,7 +42,7 @@ def reference_step(make_cfg: Callable[..., DictConfig], *overrides: str) -> dict
     data, model = build(cfg)
     net = model.net.double()
     images, y = data.sets["train"]
-    loss = F.cross_entropy(net(images.x.double()), y)
+    loss = F.cross_entropy(net(images.normalised().double()), y)
     loss.backward()
     return {f"net.{name}": (p - LR * p.grad).detach() for name, p in net.named_parameters()}
 

@@ -41,7 +41,7 @@ def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path)
     module, model = build(cfg)
     assert isinstance(module, ImageData) and isinstance(model, Classifier)
     images, y = module.sets["train"]
-    x = images.x
+    x = images.normalised()
     assert x.shape[1:] == module.input_shape == (1, 28, 28)
     assert model.net[0].in_features == 784
     assert x.dtype == torch.float32 and y.dtype == torch.int64
@@ -219,7 +219,7 @@ def test_model_options_build_their_network_for_the_data_shape(make_cfg, model: s
     check_config(cfg)
     data, built = build(cfg)
     assert isinstance(built, Classifier)
-    logits = built(data.sets["test"][0].x[:5])
+    logits = built(data.sets["test"][0].normalised(slice(0, 5)))
     assert logits.shape == (5, data.num_classes)
 
 
@@ -262,3 +262,18 @@ def test_debug_options_set_lightnings_flags(make_cfg, debug: str) -> None:
         assert trainer.overfit_batches == 10
     else:
         assert type(trainer.profiler).__name__ == "SimpleProfiler"
+
+
+@pytest.mark.parametrize("augment", ["{crop_padding:2,flip:true}", "true", "{crop_padding:1}"])
+def test_data_augment_composes_instantiates_and_trains(make_cfg, augment: str) -> None:
+    from descent.training import train
+
+    cfg = make_cfg("model=cnn", f"data.augment={augment}", "max_epochs=1")
+    data, _ = build(cfg)
+    assert data.augment is not None and data.augment.crop_padding in (1, 2) and data.augment.flip is True
+    assert train(cfg)["final"]["progress/steps"] == 8
+
+
+def test_data_augment_is_off_by_default(make_cfg) -> None:
+    data, _ = build(make_cfg())
+    assert data.augment is None

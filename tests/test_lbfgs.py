@@ -30,7 +30,7 @@ def test_one_lbfgs_iteration_in_chunks_equals_one_on_all_the_data(make_cfg, tmp_
         nonlocal evaluations
         evaluations += 1
         optimizer.zero_grad()
-        loss = F.cross_entropy(net(images.x.double()), y)
+        loss = F.cross_entropy(net(images.normalised().double()), y)
         loss.backward()
         return loss
 
@@ -50,7 +50,7 @@ def test_lbfgs_drives_the_gradient_of_a_convex_problem_to_zero(make_cfg, tmp_pat
     model.load_state_dict(torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     net = model.net.double()
     images, y = data.sets["train"]
-    loss = F.cross_entropy(net(images.x.double()), y)
+    loss = F.cross_entropy(net(images.normalised().double()), y)
     gradient = torch.autograd.grad(loss, list(net.parameters()))
     norm = torch.cat([g.flatten() for g in gradient]).norm()
     assert float(norm) < 1e-5, float(norm)

@@ -45,7 +45,7 @@ def per_sample_gradients(cfg: DictConfig, run_dir: Path) -> Tensor:
         return model.loss(functional_call(net, p, (x[None],)), y[None])
 
     images, labels = data.sets["train"]
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, images.x.double(), labels)
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, images.normalised().double(), labels)
     return torch.cat([grads[name].flatten(1) for name in params], dim=1)
 
 

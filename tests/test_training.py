@@ -68,7 +68,7 @@ def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(
     for name in ("train", "val", "test"):
         images, y = data.sets[name]
         with torch.no_grad():
-            logits = net(images.x)
+            logits = net(images.normalised())
         assert final[f"{name}/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
         assert final[f"{name}/error"] == pytest.approx((logits.argmax(1) != y).float().mean().item(), abs=1e-9)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +23,7 @@ from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
 from descent.noise import GradientNoise
+from descent.progress import progress_bar
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
@@ -126,8 +127,11 @@ def build_trainer(
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
     chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    settings = trainer_settings(cfg.trainer)
+    if settings["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in [*chosen, *callbacks]):
+        chosen.append(progress_bar())  # Lightning's own, fed ten times a second rather than every step
     return instantiate(
-        trainer_settings(cfg.trainer),
+        settings,
         logger=logger,
         callbacks=[best, last, *chosen, *callbacks],
         plugins=[BackgroundCheckpointIO()],
@@ -137,7 +141,8 @@ def build_trainer(
 
 def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
     """`trainer` as Lightning's Trainer takes it: clipping left to the module (see Classifier), and the progress
-    bar, unless set, on in a terminal and off in a log file (one line per epoch there)."""
+    bar, unless set, on in a terminal and off in a log file (one line per epoch there); `build_trainer` gives the
+    bar it shows (`descent.progress`)."""
     settings = OmegaConf.to_container(trainer, resolve=True)
     for key in CLIPPING:
         settings.pop(key, None)

@@ -5,19 +5,24 @@ An epoch is a seeded permutation cut into steps of B samples (B = N for batch gr
 batch per optimizer step in training (the step's chunks) and one batch per chunk in the evaluation.
 
 A source is an `ImageData` that implements `load`. Sets that fit in memory are returned as tensors and live whole on
-the training device, sliced by index; sets that do not are returned as an `Images` reader (a memory-mapped file,
-an image folder) that produces the chunks' images on the device as they are needed.
+the training device as stored (uint8 for image files), sliced by index and converted to float chunk by chunk; sets
+that do not are returned as an `Images` reader (a memory-mapped file, an image folder) that produces the chunks'
+images on the device as they are needed.
 """
 
+import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from descent.errors import is_whole, require
+
+if TYPE_CHECKING:
+    from descent.data.augment import Augment
 
 EVAL_SETS = ("train", "val", "test")
 """The sets evaluated after every epoch, in the order of `val_dataloader`."""
@@ -56,46 +61,59 @@ class Images(Protocol):
 
 
 class Tensors:
-    """A set that lives whole on the device as one float tensor: `Images` by slicing."""
+    """A set that lives whole on the device as it is stored (uint8 for image files, a quarter of float32), read as
+    float32 chunks normalised by `mean` and `std` (the training part's): `Images` by slicing or gathering."""
 
-    def __init__(self, x: Tensor) -> None:
+    def __init__(self, x: Tensor, mean: Tensor | float = 0.0, std: Tensor | float = 1.0) -> None:
         self.x, self.shape = x, tuple(x.shape[1:])
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=x.device)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def subset(self, rows: Tensor) -> "Tensors":
-        return Tensors(self.x[rows])
+        return Tensors(self.x[rows], self.mean, self.std)
 
     def to(self, device: torch.device) -> "Tensors":
-        self.x = self.x.to(device)
+        self.x, self.mean, self.std = self.x.to(device), self.mean.to(device), self.std.to(device)
         return self
 
+    def normalised(self, index: Index = slice(None)) -> Tensor:
+        """Float32 images at `index` (the whole set by default), normalised: what a chunk of this set holds, and the
+        one way to get a set's float images."""
+        # Always a copy, even of float32 samples: the stored set is never changed.
+        return self.x[index].to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
+
     def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
-        return (self.x[index] for index in indices)
+        return (self.normalised(index) for index in indices)
 
     @property
     def nbytes(self) -> int:
         return self.x.nbytes
 
 
-def normalised_in_memory(x_train: Tensor, x_test: Tensor, train: Tensor, val: Tensor) -> tuple[Tensors, ...]:
-    """Training, validation and test images as float tensors, normalised by the training part's mean and std.
+STATS_VALUES = 2**22
+"""Values converted to float64 at a time while the training part's mean and std are computed (32 MiB)."""
 
-    Each set is gathered as it is stored (uint8 for image files) and converted in place: at most one transient
-    float copy of a set exists at a time.
-    """
-    x_train, x_test = (
-        x_train.unsqueeze(1) if x_train.ndim == 3 else x_train,
-        x_test.unsqueeze(1) if x_test.ndim == 3 else x_test,
-    )
-    sets = [x_train[train], x_train[val], x_test]
-    first = sets[0].float()
-    mean, std = first.mean(), first.std()
-    out = [first.sub_(mean).div_(std)]
-    for x in sets[1:]:
-        out.append(x.float().sub_(mean).div_(std))
-    return tuple(Tensors(x.contiguous()) for x in out)
+
+def mean_and_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and (unbiased) standard deviation of every value of `x`, in float64 a block of samples at a time
+    (no float copy of the set), rounded to float32."""
+    rows = max(1, STATS_VALUES // max(1, math.prod(x.shape[1:])))
+    blocks = range(0, len(x), rows)
+    mean = sum(x[i : i + rows].double().sum() for i in blocks) / x.numel()
+    squares = sum((x[i : i + rows].double() - mean).square().sum() for i in blocks)
+    return mean.float(), (squares / (x.numel() - 1)).sqrt().float()  # type: ignore[operator]
+
+
+def normalised_in_memory(x_train: Tensor, x_test: Tensor, train: Tensor, val: Tensor) -> tuple[Tensors, ...]:
+    """Training, validation and test images as stored, each read as float32 normalised by the training part's mean
+    and std. Gathering the training and validation parts is the one transient copy (of the stored dtype)."""
+    x_train, x_test = (x.unsqueeze(1) if x.ndim == 3 else x for x in (x_train, x_test))
+    x_fit = x_train[train]
+    mean, std = mean_and_std(x_fit)
+    return tuple(Tensors(x.contiguous(), mean, std) for x in (x_fit, x_train[val], x_test))
 
 
 class Plan:
@@ -164,33 +182,138 @@ class Plan:
             yield [(slice(lo, hi) if order is None else order[lo:hi], loss_divisor) for lo, hi in bounds]
 
 
+class Stream:
+    """An epoch's images in the plan's order (read ahead by a streamed set), taken by the steps by position."""
+
+    def __init__(self, images: Iterator[Tensor]) -> None:
+        self.images, self.position = images, 0
+
+    def _next(self) -> Tensor:
+        self.position += 1
+        return next(self.images)
+
+    def take(self, start: int, count: int) -> Iterator[Tensor] | None:
+        """The images of chunks start..start+count-1, or None when the stream is past them."""
+        if start < self.position:
+            return None
+        while self.position < start:  # steps fetched but never run: their images are passed over
+            self._next()
+        return (self._next() for _ in range(count))
+
+
+class Step:
+    """One optimizer step's chunks on this rank, each made as it is iterated: a GD step over the whole set holds
+    one chunk's float images at a time, not the set's. What `training_step` receives.
+
+    The first iteration takes the step's images from the epoch's `Stream` (chunks `start`, `start + 1`, ...); a
+    later one (a line search evaluates the step again) reads them afresh. Lightning does not look inside this
+    object, so each chunk gets its precision (`convert`: float64 under trainer.precision=64-true) here.
+    """
+
+    def __init__(self, steps: "Steps", parts: list[tuple[Index, float]], stream: Stream, start: int) -> None:
+        self.steps, self.parts, self.stream, self.start = steps, parts, stream, start
+        self.taken = False
+        self.only: Chunk | None = None  # a one-chunk step's chunk, once made: kept, it costs nothing more
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def _images(self) -> Iterator[Tensor]:
+        streamed = None if self.taken else self.stream.take(self.start, len(self.parts))
+        self.taken = True
+        return streamed or self.steps.images.read(index for index, _ in self.parts)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for (index, divisor), x in zip(self.parts, self._images(), strict=True):
+            chunk = self.steps.chunk(x, index, divisor)
+            if len(self.parts) == 1:
+                self.only = chunk
+            yield chunk
+
+    def __getitem__(self, i: int) -> Chunk:
+        """A chunk by its place (a line search asks for the first's divisor before it iterates)."""
+        if self.only is not None and i in (0, -1):
+            return self.only
+        index, divisor = self.parts[i]
+        if self.taken:
+            return self.steps.chunk(next(iter(self.steps.images.read([index]))), index, divisor)
+        # This step's images leave the stream, so that the next step's stay in line; only the one asked for is kept.
+        wanted = i % len(self.parts)
+        x = [x for j, x in enumerate(self._images()) if j == wanted][0]
+        return self.steps.chunk(x, index, divisor)
+
+
 class Steps:
-    """Lightning's training loader: one item per optimizer step, the list of the step's chunks on this rank."""
+    """Lightning's training loader: one item per optimizer step, a `Step` (the step's chunks on this rank).
+
+    With `augment`, every training image is randomly cropped and flipped as it is read (`descent.data.augment`),
+    drawn from (`seed`, the epoch, the sample): a resumed run and any number of ranks see the same images.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        images: Images,
+        labels: Tensor,
+        augment: "Augment | None" = None,
+        seed: int = 0,
+        convert: Callable[[Chunk], Chunk] = lambda chunk: chunk,
+    ) -> None:
+        self.plan, self.images, self.labels = plan, images, labels
+        self.augment, self.seed, self.convert = augment, seed, convert
+        self.draws: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def chunk(self, x: Tensor, index: Index, divisor: float) -> Chunk:
+        if self.draws is not None and self.augment is not None:
+            x = self.augment(x, self.draws[index])
+        return self.convert(Chunk(x, self.labels[index], divisor))
+
+    def __iter__(self) -> Iterator[Step]:
+        # A generator: the epoch's order is drawn at the first step, by when a resumed run knows its epoch.
+        if self.augment is not None:
+            self.draws = self.augment.draws(self.seed, self.plan.epoch(), len(self.labels)).to(self.labels.device)
+        steps = list(self.plan)
+        stream = Stream(self.images.read(index for step in steps for index, _ in step))
+        starts = itertools.accumulate((len(step) for step in steps), initial=0)
+        for step, start in zip(steps, starts, strict=False):
+            yield Step(self, step, stream, start)
+
+
+class Chunks:
+    """Lightning's evaluation loader for one set: one item per chunk, the whole set in its stored order, each chunk
+    made as Lightning asks for it."""
 
     def __init__(self, plan: Plan, images: Images, labels: Tensor) -> None:
         self.plan, self.images, self.labels = plan, images, labels
 
     def __len__(self) -> int:
-        return self.plan.steps
-
-    def __iter__(self) -> Iterator[list[Chunk]]:
-        steps = list(self.plan)
-        images = self.images.read(index for step in steps for index, _ in step)
-        for step in steps:
-            yield [Chunk(next(images), self.labels[index], divisor) for index, divisor in step]
-
-
-class Chunks:
-    """Lightning's evaluation loader for one set: one item per chunk, the whole set in its stored order."""
-
-    def __init__(self, plan: Plan, images: Images, labels: Tensor) -> None:
-        self.steps = Steps(plan, images, labels)
-
-    def __len__(self) -> int:
-        return self.steps.plan.chunks
+        return self.plan.chunks
 
     def __iter__(self) -> Iterator[Chunk]:
-        return (chunk for step in self.steps for chunk in step)
+        parts = [part for step in self.plan for part in step]
+        images = self.images.read(index for index, _ in parts)
+        for (index, divisor), x in zip(parts, images, strict=True):
+            yield Chunk(x, self.labels[index], divisor)
+
+
+def augmentation(augment: Mapping[str, Any] | bool | None) -> "Augment | None":
+    """`data.augment` as given: its keys are `Augment`'s arguments (true: their defaults); null or false: none."""
+    from descent.data.augment import Augment
+
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return Augment()
+    require(
+        isinstance(augment, Mapping),
+        f"data.augment={augment!r} is not allowed: give e.g. {{crop_padding: 2, flip: true}}, true, or null (off)",
+    )
+    unknown = sorted(set(augment) - {"crop_padding", "flip"})
+    require(not unknown, f"data.augment.{unknown[0] if unknown else ''} is not a setting: use crop_padding, flip")
+    return Augment(**augment)
 
 
 def is_sample_count(value: object) -> bool:
@@ -215,6 +338,8 @@ class ImageData(LightningDataModule):
 
     After `setup`, `sets` maps train, val (carved from the training set by `split_seed`) and test to
     (images, labels): `Images` and int64 labels [n], both on the training device once a trainer runs.
+    `augment` (`descent.data.augment.Augment`'s arguments, e.g. {crop_padding: 2, flip: true}; null or false: off)
+    crops and flips the images of the training steps, and of nothing else.
     """
 
     def __init__(
@@ -224,10 +349,12 @@ class ImageData(LightningDataModule):
         val_size: int = 5000,
         seed: int = 0,
         split_seed: int = 0,
+        augment: Mapping[str, Any] | bool | None = None,
     ) -> None:
         super().__init__()
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
+        self.augment = augmentation(augment)
         self.sets: dict[str, tuple[Images, Tensor]] = {}
         self.samples_per_group = 1  # a network with BatchNorm keeps its groups within a chunk (descent.batchnorm)
 
@@ -259,6 +386,8 @@ class ImageData(LightningDataModule):
         self.sets = dict(zip(EVAL_SETS, zip(images, labels, strict=True), strict=True))
         self.num_classes = int(max(y.max() for y in labels)) + 1
         self.input_shape = images[0].shape
+        if self.augment is not None:
+            self.augment.check(self.input_shape)
         self.num_train = len(train)
         # B and the chunk size, resolved here so that a bad size fails before a Trainer exists.
         self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
@@ -270,8 +399,9 @@ class ImageData(LightningDataModule):
 
     @property
     def nbytes(self) -> int:
-        """What the data holds on each device: in-memory sets whole, a streamed set's chunks in flight (as float32;
-        once, since one set is read at a time), and the labels."""
+        """What the data holds on each device: in-memory sets whole as stored, a streamed set's chunks in flight (as
+        float32; once, since one set is read at a time), and the labels. The float32 chunk being computed on is
+        the network's input, which the memory plan counts with the activations."""
         labels = sum(y.nbytes for _, y in self.sets.values())
         whole = sum(x.nbytes for x, _ in self.sets.values() if isinstance(x, Tensors))
         streamed = any(not isinstance(x, Tensors) for x, _ in self.sets.values())
@@ -292,7 +422,8 @@ class ImageData(LightningDataModule):
         seed = None if self.trainer and self.trainer.overfit_batches else self.seed
         steps, chunk, group = self.samples_per_step, self.samples_per_chunk, self.samples_per_group
         plan = Plan(len(y), steps, chunk, seed, epoch, rank, world_size, device, group)
-        return Steps(plan, x, y)
+        convert = self.trainer.precision_plugin.convert_input if self.trainer else lambda chunk: chunk
+        return Steps(plan, x, y, self.augment, self.seed or 0, convert)
 
     def val_dataloader(self) -> list[Chunks]:
         """The whole training, validation and test sets, in a fixed order, chunk by chunk."""
