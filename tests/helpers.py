@@ -176,11 +176,16 @@ class SendSignal(lightning.Callback):
     """Sends this process `signal_name` from Lightning hook `hook` in epoch `epoch` (0-based), once: a stop signal
     driven into a chosen phase of a real run, deterministically (`+callbacks.signal._target_=helpers.SendSignal`)."""
 
-    def __init__(self, signal_name: str, hook: str, epoch: int = 1) -> None:
-        self.signal_name, self.hook, self.epoch, self.sent = signal_name, hook, epoch, False
+    def __init__(self, signal_name: str, hook: str, epoch: int = 1, batch: int | None = None) -> None:
+        self.signal_name, self.hook, self.epoch, self.batch, self.sent = signal_name, hook, epoch, batch, False
         setattr(self, hook, self._send)
 
     def _send(self, trainer: lightning.Trainer, *args: object, **kwargs: object) -> None:
+        """At the hook's first call in `epoch`, or its call for batch `batch` (a batch hook's batch_idx)."""
+        place = 3 if self.hook.endswith("batch_end") else 2  # (module, [outputs,] batch, batch_idx, ...)
+        batch_idx = args[place] if len(args) > place else kwargs.get("batch_idx")
+        if self.batch is not None and batch_idx != self.batch:
+            return
         if not self.sent and trainer.current_epoch == self.epoch:
             self.sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))

@@ -124,7 +124,7 @@ def test_statistics_are_those_of_the_whole_training_set_at_the_evaluated_weights
     stem = model.net.stem.double()
     stem.weight.data = state["net.stem.weight"]
     with torch.no_grad():
-        out = stem(images.x.double())
+        out = stem(images.normalised().double())
     torch.testing.assert_close(state["net.blocks.0.bn1.running_mean"], out.mean((0, 2, 3)), rtol=0, atol=1e-10)
     var = out.transpose(0, 1).flatten(1).var(1)
     torch.testing.assert_close(state["net.blocks.0.bn1.running_var"], var, rtol=1e-9, atol=1e-10)

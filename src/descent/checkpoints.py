@@ -100,20 +100,36 @@ def check_fits(path: Path, model: torch.nn.Module, key: str = "ckpt_path") -> No
     )
 
 
+GOING_ON_FROM = ("last.ckpt", "interrupted.ckpt", "periodic.ckpt")
+"""What `resume=` may go on from: the end of the last evaluated epoch, a stop signal's moment, a periodic save."""
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """Of a run's `GOING_ON_FROM` checkpoints, the one furthest into the run (the most optimizer steps; on a tie
+    last.ckpt, whose epoch was evaluated, then interrupted.ckpt); None if it has none."""
+    found = [run_dir / "checkpoints" / name for name in GOING_ON_FROM if (run_dir / "checkpoints" / name).is_file()]
+    if not found:
+        return None
+    steps = {path: load(path).get("global_step", 0) for path in found}
+    return max(found, key=lambda path: (steps[path], -GOING_ON_FROM.index(path.name)))
+
+
 def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config of the run in `cfg.resume`, to continue from its last.ckpt in its own dir.
+    """The config of the run in `cfg.resume`, to continue from its newest checkpoint in its own dir.
 
     `overrides` are the command line's; only RESUMABLE keys may change, since anything else would make the
     continued run a different one.
     """
     run_dir = Path(cfg.resume)
-    saved, last = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    saved = run_dir / "config.yaml"
     require(saved.is_file(), f"resume={run_dir}: no config.yaml there; give a run dir that src/train.py wrote")
+    last = newest_checkpoint(run_dir)
     require(
-        last.is_file(),
-        f"resume={run_dir}: no checkpoints/last.ckpt there (the run ended before its first epoch did); "
-        "start it again without resume",
+        last is not None,
+        f"resume={run_dir}: no checkpoint there ({', '.join(GOING_ON_FROM)} in checkpoints/; the run was stopped "
+        "before it wrote one); start it again without resume",
     )
+    assert last is not None
     resumed = OmegaConf.load(saved)
 
     def value(config: DictConfig, key: str) -> Any:

@@ -8,24 +8,25 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
-from descent.checkpoints import load
+from descent.checkpoints import load, newest_checkpoint
 
 
 class CSVLogger(LightningCSVLogger):
     """`metrics.csv` in the run dir, every epoch's rows once, also across `resume=`.
 
-    A resumed run goes on from `checkpoints/last.ckpt`: the rows written up to it (its epochs, and the step losses
-    of their steps) are read back and kept; those written after it, by an epoch that was interrupted and is now
-    replayed, are left out, since the replay writes them again.
+    A resumed run goes on from its newest checkpoint (`checkpoints.newest_checkpoint`): the rows written up to it
+    (its evaluated epochs, and the step losses of its steps) are read back and kept; those written after it, by
+    steps that are now taken again, are left out, since the resumed run writes them again.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._earlier: list[dict[str, Any]] = []
-        csv_path, last = Path(self.log_dir) / "metrics.csv", Path(self.log_dir) / "checkpoints" / "last.ckpt"
-        if csv_path.is_file() and last.is_file():
-            history = load(last).get("descent", {}).get("history", [])
-            epochs, steps = len(history), history[-1]["progress/steps"] if history else 0
+        csv_path, last = Path(self.log_dir) / "metrics.csv", newest_checkpoint(Path(self.log_dir))
+        if csv_path.is_file() and last is not None:
+            checkpoint = load(last)
+            history = checkpoint.get("descent", {}).get("history", [])
+            epochs, steps = len(history), checkpoint.get("global_step", 0)
             with open(csv_path, newline="") as file:
                 rows = [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(file)]
             per_epoch = [row for row in rows if "progress/steps" in row]

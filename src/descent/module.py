@@ -69,6 +69,8 @@ class Classifier(LightningModule):
         self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler: stop before the next step
         self.extra_figures: dict[str, float] = {}  # a callback's figures of theta^k (descent.noise), logged with them
         self.clock: float | None = None  # when this epoch's training started (time.perf_counter), while it runs
+        self.rng_at_step_start: Tensor | None = None  # torch's random state as the running step began
+        self.stopping = False  # while a stop signal's checkpoint is written (stepping.interrupted)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -189,12 +191,35 @@ class Classifier(LightningModule):
         if self.trainer.is_global_zero:
             log.info(metrics.epoch_line(self.history[-1]))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.rng_at_step_start = torch.get_rng_state()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.rng_at_step_start = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         kept = ("history", "samples_seen", "samples_evaluated", "train_seconds")
         checkpoint["descent"] = {key: getattr(self, key) for key in kept}
+        # The random state the next step starts from (a stop inside a step takes that step again): dropout's masks
+        # of a resumed run are those the uninterrupted run drew.
+        rng = self.rng_at_step_start
+        checkpoint["descent"]["rng"] = rng if rng is not None else torch.get_rng_state()
+        if self.stopping and "loops" in checkpoint:
+            loops = checkpoint["loops"]["fit_loop"]
+            if self.trainer.validating:
+                # Stopped in the evaluation: resume= evaluates theta^k again from its first chunk (Lightning goes
+                # back into an evaluation it finds stopped inside its first batch, and skips one it finds later).
+                started = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+                loops["epoch_loop.val_loop.batch_progress"] |= {"total": started, "current": dict(started)}
+            else:
+                # Stopped before a step: Lightning's restore assumes a save after one, at on_train_batch_end, and
+                # adds that step to the loggers' step count; count it back here.
+                loops["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("descent", {})
         self.history, self.samples_seen = state.get("history", []), state.get("samples_seen", 0)
         self.samples_evaluated = state.get("samples_evaluated", self.samples_seen)
         self.train_seconds = state.get("train_seconds", 0.0)
+        if "rng" in state and self.trainer.state.fn == TrainerFn.FITTING:
+            torch.set_rng_state(state["rng"].cpu())

@@ -148,14 +148,14 @@ def interrupted(module: "Classifier") -> Interrupted:
     trainer = module.trainer
     epoch, step = module.current_epoch + 1, trainer.global_step + 1
     checkpoints = Path(trainer.checkpoint_callback.dirpath)
+    module.stopping = True
     trainer.save_checkpoint(checkpoints / "interrupted.ckpt")
-    done = f"{checkpoints / 'last.ckpt'} (epoch {epoch - 1})" if epoch > 1 else "no finished epoch"
+    module.stopping = False
     return Interrupted(
         epoch,
         step,
         f"{module.stop_signal or 'a signal on another rank'} before step {step}, in epoch {epoch}: these "
-        f"weights are in {checkpoints / 'interrupted.ckpt'}; resume=<run dir> goes on from {done}, "
-        "replaying the unfinished epoch",
+        f"weights are in {checkpoints / 'interrupted.ckpt'}; resume=<run dir> goes on from this step",
         module.stop_signal or "SIGTERM",
     )
 

@@ -4,6 +4,7 @@ import json
 import logging
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics
 from descent.batchnorm import check_samples_apart
-from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load
+from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load, newest_checkpoint
 from descent.config import check_config
 from descent.data import ImageData
-from descent.errors import require
+from descent.errors import is_number, is_whole, require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
@@ -133,10 +134,35 @@ def build_trainer(
     return instantiate(
         settings,
         logger=logger,
-        callbacks=[best, last, *chosen, *callbacks],
+        callbacks=[best, last, *periodic_checkpoints(cfg.get("checkpoint") or {}, run_dir), *chosen, *callbacks],
         plugins=[BackgroundCheckpointIO()],
         **overrides,
     )
+
+
+def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[ModelCheckpoint]:
+    """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes,
+    written as every checkpoint is (in the background, atomically); `resume=` goes on from it at that step."""
+    unknown = sorted(set(settings) - {"every_n_steps", "every_n_minutes"})
+    require(
+        not unknown, f"checkpoint.{unknown[0] if unknown else ''} is not a setting: use every_n_steps, every_n_minutes"
+    )
+    steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")
+    require(
+        steps is None or (is_whole(steps) and steps >= 1),
+        f"checkpoint.every_n_steps={steps!r} is not allowed: give a positive number of steps, or null (off)",
+    )
+    require(
+        minutes is None or (is_number(minutes) and minutes > 0),
+        f"checkpoint.every_n_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
+    )
+    periodic = {"dirpath": run_dir / "checkpoints", "filename": "periodic", "enable_version_counter": False}
+    callbacks = []
+    if steps is not None:
+        callbacks.append(ModelCheckpoint(**periodic, every_n_train_steps=steps))
+    if minutes is not None:
+        callbacks.append(ModelCheckpoint(**periodic, train_time_interval=timedelta(minutes=minutes)))
+    return callbacks
 
 
 def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
@@ -171,7 +197,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     # resume= goes on with everything the run had (Lightning's fit(ckpt_path=)); ckpt_path= is a warm start: a new
     # run from those weights alone, with this config's optimizer, schedule and epochs, and its own bookkeeping.
-    go_on_from = str(Path(cfg.resume) / "checkpoints" / "last.ckpt") if cfg.get("resume") else None
+    newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+    go_on_from = str(newest) if newest is not None else None
     if cfg.ckpt_path is not None and go_on_from is None:
         check_fits(Path(cfg.ckpt_path), model)
         model.load_state_dict(load(Path(cfg.ckpt_path))["state_dict"])

@@ -248,6 +248,11 @@ class Steps:
 
     With `augment`, every training image is randomly cropped and flipped as it is read (`descent.data.augment`),
     drawn from (`seed`, the epoch, the sample): a resumed run and any number of ranks see the same images.
+
+    Stateful, as Lightning's checkpoints ask of a loader: every checkpoint records the epoch and how many of its
+    steps were taken (`steps_done`, Lightning's count), and a run resumed from it starts at the next step of the
+    same epoch's order. The order, the augmentation and the chunks depend on (seed, epoch) alone, so the resumed
+    epoch goes on exactly as the interrupted one would have.
     """
 
     def __init__(
@@ -258,10 +263,19 @@ class Steps:
         augment: "Augment | None" = None,
         seed: int = 0,
         convert: Callable[[Chunk], Chunk] = lambda chunk: chunk,
+        steps_done: Callable[[], int] = lambda: 0,
     ) -> None:
         self.plan, self.images, self.labels = plan, images, labels
         self.augment, self.seed, self.convert = augment, seed, convert
         self.draws: Tensor | None = None
+        self.steps_done = steps_done
+        self.resume_at: tuple[int, int] | None = None  # (epoch, steps done) from a checkpoint, until used
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.plan.epoch(), "steps_done": self.steps_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = (state["epoch"], state["steps_done"])
 
     def __len__(self) -> int:
         return self.plan.steps
@@ -276,6 +290,11 @@ class Steps:
         if self.augment is not None:
             self.draws = self.augment.draws(self.seed, self.plan.epoch(), len(self.labels)).to(self.labels.device)
         steps = list(self.plan)
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            if epoch == self.plan.epoch():  # a checkpoint written mid-epoch: its first `done` steps were taken
+                steps = steps[done:]
         stream = Stream(self.images.read(index for step in steps for index, _ in step))
         starts = itertools.accumulate((len(step) for step in steps), initial=0)
         for step, start in zip(steps, starts, strict=False):
@@ -423,7 +442,9 @@ class ImageData(LightningDataModule):
         steps, chunk, group = self.samples_per_step, self.samples_per_chunk, self.samples_per_group
         plan = Plan(len(y), steps, chunk, seed, epoch, rank, world_size, device, group)
         convert = self.trainer.precision_plugin.convert_input if self.trainer else lambda chunk: chunk
-        return Steps(plan, x, y, self.augment, self.seed or 0, convert)
+        # Steps whose optimizer step was taken: Lightning counts a step processed once training_step returns.
+        done = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0  # noqa: E731
+        return Steps(plan, x, y, self.augment, self.seed or 0, convert, done)
 
     def val_dataloader(self) -> list[Chunks]:
         """The whole training, validation and test sets, in a fixed order, chunk by chunk."""

@@ -1,0 +1,131 @@
+"""Stopped anywhere, resumed at the exact step: a run stopped mid-epoch by SIGTERM or SIGINT (in its first epoch or
+a later one, in a step or in the evaluation), or killed between periodic checkpoints, then resumed with
+`resume=<run dir>`, ends with the figures, weights and logs of a run that was never stopped."""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import events, finish, start, wait_for
+
+from descent.checkpoints import load, newest_checkpoint, resumed_config
+from descent.stepping import Interrupted
+from descent.training import train
+
+# SGD with B=32 on 500 samples (16 steps an epoch), dropout on: the order, the masks and the optimizer's momentum
+# must all go on as they were.
+RUN = [
+    "max_epochs=3",
+    "batch_size=32",
+    "optimizer=momentum",
+    "model.net.dropout=0.2",
+    "logger=csv",
+    "seed=3",
+    "trainer.log_every_n_steps=4",
+]
+FIGURES = ("train/loss", "train/error", "val/loss", "test/loss", "progress/steps", "progress/samples")
+
+
+def resume(make_cfg, run_dir: Path) -> dict:
+    cfg = resumed_config(make_cfg(*RUN, f"resume={run_dir}", run_dir=run_dir), [f"resume={run_dir}"])
+    del cfg.callbacks["signal"]  # the stop was sent once; the resumed run goes on without it
+    return train(cfg)
+
+
+def assert_same_run(got: Path, expected: Path) -> None:
+    """Figures of every epoch, final weights, CSV rows: as the uninterrupted run's."""
+    got_metrics, expected_metrics = (json.loads((d / "metrics.json").read_text()) for d in (got, expected))
+    assert "stopped" not in got_metrics
+    assert [row["epoch"] for row in got_metrics["history"]] == [1, 2, 3]
+    for row, reference in zip(got_metrics["history"], expected_metrics["history"], strict=True):
+        for key in FIGURES:
+            assert row[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), (row["epoch"], key)
+    got_weights, expected_weights = (load(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (got, expected))
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(got_weights[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    rows = [csv_rows(got), csv_rows(expected)]
+    assert [r["step"] for r in rows[0]["epochs"]] == [r["step"] for r in rows[1]["epochs"]] == ["1", "2", "3"]
+    assert [r["step"] for r in rows[0]["steps"]] == [r["step"] for r in rows[1]["steps"]]  # no gap, no duplicate
+    assert rows[1]["steps"]
+
+
+def csv_rows(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    (path,) = run_dir.rglob("metrics.csv")
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {
+        "epochs": [r for r in rows if r.get("progress/steps")],
+        "steps": [r for r in rows if r.get("train/step_loss")],
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "hook", "epoch", "batch"),
+    [
+        ("SIGTERM", "on_train_batch_start", 0, 5),  # in epoch 1, before any last.ckpt
+        ("SIGINT", "on_train_batch_start", 0, 11),
+        ("SIGINT", "on_train_batch_end", 1, 7),  # in epoch 2, after its 8th step
+        ("SIGTERM", "on_validation_batch_start", 1, None),  # in epoch 2's evaluation
+    ],
+)
+def test_a_run_stopped_mid_epoch_resumes_at_that_step(
+    make_cfg, tmp_path: Path, name: str, hook: str, epoch: int, batch: int | None
+) -> None:
+    straight = tmp_path / "straight"
+    train(make_cfg(*RUN, run_dir=straight))
+    stopped = tmp_path / "stopped"
+    signal = ["+callbacks.signal._target_=helpers.SendSignal", f"+callbacks.signal.signal_name={name}",
+              f"+callbacks.signal.hook={hook}", f"+callbacks.signal.epoch={epoch}",
+              f"+callbacks.signal.batch={'null' if batch is None else batch}"]  # fmt: skip
+    with pytest.raises(Interrupted):
+        train(make_cfg(*RUN, *signal, run_dir=stopped))
+    assert newest_checkpoint(stopped) == stopped / "checkpoints" / "interrupted.ckpt"
+    resume(make_cfg, stopped)
+    assert_same_run(stopped, straight)
+
+
+SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
+               "trainer=cpu", "logger.image_every_n_epochs=0", "max_epochs=2", "seed=4"]  # fmt: skip
+"""3,000 steps an epoch, a few seconds: long enough to kill it between two periodic checkpoints."""
+
+
+@pytest.mark.slow
+def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last(tmp_path: Path) -> None:
+    finish(start(*SLOW_EPOCHS, f"hydra.run.dir={tmp_path / 'straight'}"))
+    killed = tmp_path / "killed"
+    process = start(*SLOW_EPOCHS, "checkpoint.every_n_steps=400", f"hydra.run.dir={killed}")
+    periodic = killed / "checkpoints" / "periodic.ckpt"
+    wait_for(periodic, process)
+    first = periodic.stat().st_mtime_ns
+    while periodic.stat().st_mtime_ns == first:  # a second periodic checkpoint, still in epoch 1
+        assert process.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.05)
+    process.kill()
+    process.communicate()
+    assert not (killed / "checkpoints" / "last.ckpt").exists()  # killed in epoch 1: only periodic.ckpt to go on from
+    steps = load(periodic)["global_step"]
+    assert steps % 400 == 0 and 800 <= steps < 3000
+    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
+    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    got = json.loads((killed / "metrics.json").read_text())
+    assert [row["epoch"] for row in got["history"]] == [1, 2]
+    for row, reference in zip(got["history"], expected["history"], strict=True):
+        for key in ("train/loss", "test/loss", "val/error", "progress/steps", "progress/samples"):
+            assert row[key] == pytest.approx(reference[key], rel=1e-6), key
+    # One TensorBoard run, each point once: the epochs, and the step losses up to the kill and after it.
+    got_events, expected_events = events(killed, scalars=0), events(tmp_path / "straight", scalars=0)
+    for tag in ("test/loss", "train/step_loss"):
+        got_steps = [event.step for event in got_events.Scalars(tag)]
+        assert got_steps == [event.step for event in expected_events.Scalars(tag)], tag
+
+
+def test_periodic_checkpoint_settings_must_be_positive(make_cfg) -> None:
+    from descent.errors import DescentError
+
+    for key, value in (("every_n_steps", 0), ("every_n_minutes", -1)):
+        with pytest.raises(DescentError, match=f"checkpoint.{key}={value} is not allowed"):
+            train(make_cfg(f"checkpoint.{key}={value}"))
