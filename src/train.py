@@ -19,8 +19,11 @@ def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
     from descent.checkpoints import resumed_config  # here, so that a mistyped override fails before torch loads
     from descent.multirun import ddp_ranks_run_this_job
+    from descent.slurm import requeued_run_dir
     from descent.training import train
 
+    if cfg.resume is None:  # a requeued SLURM job goes on from where it stopped, in its own run dir
+        cfg.resume = requeued_run_dir(cfg.run_dir)
     if cfg.resume is not None:
         cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
     with ddp_ranks_run_this_job():  # under -m, trainer=ddp's other ranks run this job, not the sweep again

@@ -117,16 +117,17 @@ def run(
     )
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """src/train.py in the background, on one thread: its steps are tiny, and two threads that wait on each other at
-    every operation make them a hundred times slower while other processes share the two cores."""
+    every operation make them a hundred times slower while other processes share the two cores. `env`: variables
+    added to the environment."""
     return subprocess.Popen(
         [sys.executable, "src/train.py", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment(threads=1),
+        env=environment(threads=1, **(env or {})),
     )
 
 

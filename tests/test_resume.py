@@ -4,6 +4,8 @@ a later one, in a step or in the evaluation), or killed between periodic checkpo
 
 import csv
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -77,11 +79,11 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step(
     straight = tmp_path / "straight"
     train(make_cfg(*RUN, run_dir=straight))
     stopped = tmp_path / "stopped"
-    signal = ["+callbacks.signal._target_=helpers.SendSignal", f"+callbacks.signal.signal_name={name}",
+    send = ["+callbacks.signal._target_=helpers.SendSignal", f"+callbacks.signal.signal_name={name}",
               f"+callbacks.signal.hook={hook}", f"+callbacks.signal.epoch={epoch}",
               f"+callbacks.signal.batch={'null' if batch is None else batch}"]  # fmt: skip
     with pytest.raises(Interrupted):
-        train(make_cfg(*RUN, *signal, run_dir=stopped))
+        train(make_cfg(*RUN, *send, run_dir=stopped))
     assert newest_checkpoint(stopped) == stopped / "checkpoints" / "interrupted.ckpt"
     resume(make_cfg, stopped)
     assert_same_run(stopped, straight)
@@ -129,3 +131,34 @@ def test_periodic_checkpoint_settings_must_be_positive(make_cfg) -> None:
     for key, value in (("every_n_steps", 0), ("every_n_minutes", -1)):
         with pytest.raises(DescentError, match=f"checkpoint.{key}={value} is not allowed"):
             train(make_cfg(f"checkpoint.{key}={value}"))
+
+
+@pytest.mark.slow
+def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_itself(tmp_path: Path) -> None:
+    """SLURM simulated on this machine: SLURM_JOB_ID set, `scontrol` a stand-in that records its arguments, the run
+    dir pinned as the README's sbatch line pins it. SIGUSR1 (sbatch --signal=USR1@90) mid-epoch 1: the run saves its
+    place, asks `scontrol requeue <job>`, exits; the same command started again as the requeued job
+    (SLURM_RESTART_COUNT=1) goes on from that step without being told, and ends as an uninterrupted run."""
+    finish(start(*SLOW_EPOCHS, f"hydra.run.dir={tmp_path / 'straight'}"))
+    bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    job = tmp_path / "job"
+    command = [*SLOW_EPOCHS, "checkpoint.every_n_steps=500", f"hydra.run.dir={job}"]
+    slurm = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    process = start(*command, env=slurm)
+    wait_for(job / "checkpoints" / "periodic.ckpt", process)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr
+    assert record.read_text().split() == ["requeue", "4242"]
+    assert not (job / "checkpoints" / "last.ckpt").exists()  # stopped in epoch 1
+    stopped_at = load(job / "checkpoints" / "interrupted.ckpt")["global_step"]
+    finish(start(*command, env={**slurm, "SLURM_RESTART_COUNT": "1"}))
+    got = json.loads((job / "metrics.json").read_text())
+    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert [row["epoch"] for row in got["history"]] == [1, 2] and stopped_at > 0
+    for row, reference in zip(got["history"], expected["history"], strict=True):
+        for key in ("train/loss", "test/loss", "val/error", "progress/steps", "progress/samples"):
+            assert row[key] == pytest.approx(reference[key], rel=1e-6), key

@@ -172,8 +172,10 @@ class KeepWeightsOnLightningStop(Callback):
 
 
 @contextmanager
-def stop_on_signals(module: "Classifier") -> Iterator[None]:
-    """SIGINT and SIGTERM ask the module to stop before its next optimizer step (a second SIGINT stops at once)."""
+def stop_on_signals(module: "Classifier") -> Iterator[dict[int, Any]]:
+    """SIGINT, SIGTERM and SIGUSR1 (SLURM's warning ahead of a time limit) ask the module to stop before its next
+    optimizer step (a second SIGINT stops at once). Yields the handlers they had before (`descent.slurm.requeue`
+    hands SIGUSR1 on to submitit's)."""
 
     def ask_to_stop(signum: int, frame: Any) -> None:
         if module.stop_signal is not None and signum == signal.SIGINT:
@@ -181,11 +183,12 @@ def stop_on_signals(module: "Classifier") -> Iterator[None]:
         module.stop_signal = signal.Signals(signum).name
 
     if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
-        yield
+        yield {}
         return
-    previous = {number: signal.signal(number, ask_to_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    previous = {number: signal.signal(number, ask_to_stop) for number in numbers}
     try:
-        yield
+        yield previous
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

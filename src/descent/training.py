@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from descent import metrics
+from descent import metrics, slurm
 from descent.batchnorm import check_samples_apart
 from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load, newest_checkpoint
 from descent.config import check_config
@@ -203,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_fits(Path(cfg.ckpt_path), model)
         model.load_state_dict(load(Path(cfg.ckpt_path))["state_dict"])
     try:
-        with stop_on_signals(model):
+        with stop_on_signals(model) as handlers_before:
             trainer.fit(model, datamodule=data, ckpt_path=go_on_from)
     except (StoppedEarly, SIGTERMException) as error:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
@@ -218,6 +218,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "message": str(stopped),
             }
             replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+        if model.stop_signal == slurm.WARNING_SIGNAL.name:  # SLURM's time limit is near: start the job again
+            slurm.requeue(handlers_before.get(slurm.WARNING_SIGNAL), trainer.is_global_zero)
         raise stopped from None
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
     result = summarise(model, trainer, cfg)
