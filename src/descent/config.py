@@ -82,6 +82,24 @@ def check_config(cfg: DictConfig) -> None:
             is_whole(value) and value >= 1,
             f"noise.{key}={value!r} is not allowed: give a positive whole number",
         )
+    limit = cfg.trainer.get("limit_val_batches", 1.0)
+    require(
+        limit == 1.0 or limit is None,
+        f"trainer.limit_val_batches={limit!r} is not allowed: every figure is over a whole set; to spend less on "
+        "the evaluation, evaluate the training figures on a fixed subset (eval.train_samples=10000) or evaluate "
+        "every n epochs (trainer.check_val_every_n_epoch=n)",
+    )
+    train_samples = (cfg.get("eval") or {}).get("train_samples")
+    require(
+        train_samples is None or (is_whole(train_samples) and train_samples >= 1),
+        f"eval.train_samples={train_samples!r} is not allowed: give a positive number of training samples, or "
+        "null for all of them",
+    )
+    minutes = cfg.get("progress_every_minutes")
+    require(
+        minutes is None or (is_number(minutes) and minutes > 0),
+        f"progress_every_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
+    )
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
         require(

@@ -24,7 +24,7 @@ from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
 from descent.noise import GradientNoise
-from descent.progress import progress_bar
+from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
@@ -80,6 +80,7 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
         cfg.model, net=net, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"), **clipping
     )
     data.samples_per_group = model.samples_per_group
+    data.eval_train_samples = (cfg.get("eval") or {}).get("train_samples")
     return data, model
 
 
@@ -131,6 +132,8 @@ def build_trainer(
     settings = trainer_settings(cfg.trainer)
     if settings["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in [*chosen, *callbacks]):
         chosen.append(progress_bar())  # Lightning's own, fed ten times a second rather than every step
+    elif not settings["enable_progress_bar"] and cfg.get("progress_every_minutes"):
+        chosen.append(ProgressLines(cfg.progress_every_minutes))
     return instantiate(
         settings,
         logger=logger,
@@ -191,6 +194,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
+    if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
+        log.info(
+            "train/ figures: a fixed subset of %d of the %d training samples (eval.train_samples), not the whole set",
+            data.eval_train_samples,
+            data.num_train,
+        )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.

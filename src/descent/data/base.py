@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 EVAL_SETS = ("train", "val", "test")
 """The sets evaluated after every epoch, in the order of `val_dataloader`."""
 
+TRAIN_SUBSET_STREAM = 0x7375627365
+"""Added to split_seed for eval.train_samples' subset ("subse" in ASCII): apart from the split's own draw."""
+
 Index = Tensor | slice
 """Samples of a set: positions (a permutation's part) or a contiguous range (sets read in order)."""
 
@@ -376,6 +379,7 @@ class ImageData(LightningDataModule):
         self.augment = augmentation(augment)
         self.sets: dict[str, tuple[Images, Tensor]] = {}
         self.samples_per_group = 1  # a network with BatchNorm keeps its groups within a chunk (descent.batchnorm)
+        self.eval_train_samples: int | None = None  # eval.train_samples: the training figures on a fixed subset
 
     def load(self) -> tuple[Tensor | Images, Tensor, Tensor | Images, Tensor]:
         """Training images, training labels, test images, test labels. Images are a tensor [N, C, H, W] (or [N, H, W]
@@ -447,11 +451,19 @@ class ImageData(LightningDataModule):
         return Steps(plan, x, y, self.augment, self.seed or 0, convert, done)
 
     def val_dataloader(self) -> list[Chunks]:
-        """The whole training, validation and test sets, in a fixed order, chunk by chunk."""
+        """The whole training (or `eval_train_samples` of it), validation and test sets, in a fixed order, chunk by
+        chunk."""
         device, rank, world_size = self._on_device()
+        sets = [self.sets[name] for name in EVAL_SETS]
+        if self.eval_train_samples is not None and self.eval_train_samples < self.num_train:
+            # The same samples every epoch and in every run of this split_seed: the figures of epochs compare.
+            generator = torch.Generator().manual_seed(self.split_seed + TRAIN_SUBSET_STREAM)
+            rows = torch.randperm(self.num_train, generator=generator)[: self.eval_train_samples].sort().values
+            x, y = sets[0]
+            sets[0] = (x.subset(rows.to(y.device)), y[rows.to(y.device)])
         return [
             Chunks(Plan(len(y), len(y), self.samples_per_chunk, rank=rank, world_size=world_size), x, y)
-            for x, y in (self.sets[name] for name in EVAL_SETS)
+            for x, y in sets
         ]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
