@@ -354,7 +354,7 @@ def measure_batch_size(
     # Neighbours run back to back (see interleaved_epoch_seconds): a_bar and b, b and a, a and a_on, a_on and c;
     # fwd runs inside a_on.
     variants = [
-        descent_epochs_without_evaluation(cfg_off, shared, progress_bar=True),
+        descent_epochs_without_evaluation(cfg_off, shared, progress_bar=True, name="a_bar"),
         plain_loop_epochs(cfg_off, images.normalised(), y, steps_of),
         descent_epochs_without_evaluation(cfg_off, shared),
         descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared)),

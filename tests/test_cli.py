@@ -99,6 +99,8 @@ BAD_INPUTS = [
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: the learning rate must be a positive number"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed"),
     (["trainer=gpu"], "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu"),
+    (["data.augment={crop_padding:-1}"], "error: data.augment.crop_padding=-1 is not allowed"),
+    (["data.augment={crop_padding:30}"], "error: data.augment.crop_padding=30 must be smaller than the images'"),
 ]
 
 
