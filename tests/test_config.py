@@ -277,3 +277,23 @@ def test_data_augment_composes_instantiates_and_trains(make_cfg, augment: str) -
 def test_data_augment_is_off_by_default(make_cfg) -> None:
     data, _ = build(make_cfg())
     assert data.augment is None
+
+
+def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=["experiment=fashion_mnist_resnet"])
+    assert composed.data.dataset == "FashionMNIST" and dict(composed.data.augment) == {"crop_padding": 2, "flip": True}
+    assert composed.model.net._target_ == "descent.nets.ResNet"
+    assert (composed.model.net.depth, composed.model.net.width, composed.model.norm_batch_size) == (8, 16, 32)
+    assert {key: composed.optimizer[key] for key in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+    }
+    assert composed.scheduler.T_max == composed.max_epochs == 20 and composed.batch_size == 128
+    assert composed.trainer.check_val_every_n_epoch == 5
+    cfg = make_cfg("experiment=fashion_mnist_resnet")
+    cfg.data.system_dir = None  # the test's own files
+    check_config(cfg)
+    data, model = build(cfg)
+    assert data.augment is not None and len(model.norms) == 7 and data.samples_per_group == 32
