@@ -162,3 +162,12 @@ def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_i
     for row, reference in zip(got["history"], expected["history"], strict=True):
         for key in ("train/loss", "test/loss", "val/error", "progress/steps", "progress/samples"):
             assert row[key] == pytest.approx(reference[key], rel=1e-6), key
+
+
+def test_periodic_checkpoints_by_the_clock_are_written_within_the_epoch(make_cfg, tmp_path: Path) -> None:
+    """checkpoint.every_n_minutes: periodic.ckpt written by time within the epochs (0.0001 min: at the first step
+    after each 6 ms), holding the place in the epoch that resume= goes on from."""
+    train(make_cfg(*RUN, "checkpoint.every_n_minutes=0.0001", "max_epochs=1"))
+    periodic = load(tmp_path / "run" / "checkpoints" / "periodic.ckpt")
+    (loader,) = periodic["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert 1 <= periodic["global_step"] <= 16 and loader == {"epoch": 0, "steps_done": periodic["global_step"]}

@@ -1,6 +1,7 @@
 """Checkpoints that survive a kill, load without unpickling code, and say why they do not fit a model."""
 
 import pickle
+import time
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler
@@ -194,3 +196,28 @@ def rebuild_schedule(trainer: Any, scheduler: Callable[[Any], LRScheduler] | Non
         config.scheduler = scheduler(optimizer)
         for _ in range(epochs_done):
             config.scheduler.step()
+
+
+class PeriodicCheckpoint(Callback):
+    """`path` rewritten every `every_n_steps` optimizer steps and/or `every_s` seconds, after a step, as every
+    checkpoint is written (in the background, atomically): a kill -9 loses at most that interval.
+
+    Not Lightning's ModelCheckpoint: under manual optimization (a step over several chunks) it ignores
+    `train_time_interval` and warns at every save that the weights are those after the step, which is the point.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None = None, every_s: float | None = None) -> None:
+        self.path, self.every_n_steps, self.every_s = path, every_n_steps, every_s
+        self.last = 0.0
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.monotonic()
+        due = self.every_n_steps is not None and trainer.global_step % self.every_n_steps == 0
+        if self.every_s is not None:  # rank 0's clock decides for all: every rank must save, or none
+            due = trainer.strategy.broadcast(due or now - self.last >= self.every_s)
+        if due:
+            trainer.save_checkpoint(self.path)
+            self.last = now

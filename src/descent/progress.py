@@ -1,9 +1,8 @@
 """Lightning's own progress bar (Rich when installed, else tqdm, as Lightning picks), fed at most every `refresh_s`;
 without one, a progress line every few minutes.
 
-Fed at every step, the bar cost a third of a B=64 epoch of the default MLP on a 2-core CPU (about 1.5 ms a step:
-its task update and the metrics it reads back). Fed ten times a second, it looks the same to the eye and costs
-about 1% of any epoch, however short its steps. The epoch's last step is always shown.
+Fed at every step, the bar's task update and the metrics it reads back cost a large share of a short step (the
+bench's a_bar row); fed ten times a second it looks the same to the eye. The epoch's last step is always shown.
 """
 
 import logging

@@ -4,7 +4,6 @@ import json
 import logging
 import sys
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics, slurm
 from descent.batchnorm import check_samples_apart
-from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load, newest_checkpoint
+from descent.checkpoints import (
+    AtomicCheckpointIO,
+    BackgroundCheckpointIO,
+    PeriodicCheckpoint,
+    check_fits,
+    load,
+    newest_checkpoint,
+)
 from descent.config import check_config
 from descent.data import ImageData
 from descent.errors import is_number, is_whole, require
@@ -26,7 +32,7 @@ from descent.module import Classifier
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
-from descent.tensorboard import TensorBoardTabs, hyperparameters
+from descent.tensorboard import TensorBoardTabs, hyperparameters, purge_step
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +130,11 @@ def build_trainer(
 ) -> lightning.Trainer:
     """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`."""
     quiet_lightning()
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = False
+    if cfg.get("logger"):
+        newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+        resumed = newest is not None and cfg.logger._target_ == "descent.tensorboard.Logger"
+        logger = instantiate(cfg.logger, **({"purge_step": purge_step(load(newest))} if resumed else {}))
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
@@ -143,13 +153,9 @@ def build_trainer(
     )
 
 
-def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[ModelCheckpoint]:
-    """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes,
-    written as every checkpoint is (in the background, atomically); `resume=` goes on from it at that step."""
-    unknown = sorted(set(settings) - {"every_n_steps", "every_n_minutes"})
-    require(
-        not unknown, f"checkpoint.{unknown[0] if unknown else ''} is not a setting: use every_n_steps, every_n_minutes"
-    )
+def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
+    """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes;
+    `resume=` goes on from it at that step."""
     steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")
     require(
         steps is None or (is_whole(steps) and steps >= 1),
@@ -159,13 +165,10 @@ def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[Mod
         minutes is None or (is_number(minutes) and minutes > 0),
         f"checkpoint.every_n_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
     )
-    periodic = {"dirpath": run_dir / "checkpoints", "filename": "periodic", "enable_version_counter": False}
-    callbacks = []
-    if steps is not None:
-        callbacks.append(ModelCheckpoint(**periodic, every_n_train_steps=steps))
-    if minutes is not None:
-        callbacks.append(ModelCheckpoint(**periodic, train_time_interval=timedelta(minutes=minutes)))
-    return callbacks
+    if steps is None and minutes is None:
+        return []
+    path = run_dir / "checkpoints" / "periodic.ckpt"
+    return [PeriodicCheckpoint(path, steps, None if minutes is None else 60 * minutes)]
 
 
 def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
