@@ -55,8 +55,9 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         super().save_checkpoint(apply_to_collection(checkpoint, torch.Tensor, torch.Tensor.cpu), path, storage_options)
 
 
-def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint's contents, refusing anything but tensors and plain data (no unpickling of code)."""
+def load(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, refusing anything but tensors and plain data (no unpickling of code). `mmap`: the
+    tensors are mapped, not read, for a look at the bookkeeping (steps, history) of a large model's checkpoint."""
     require(path.is_file(), f"{path}: no such checkpoint file")
     with open(path, "rb") as file:
         complete = zipfile.is_zipfile(file)  # torch.save writes a zip archive; its index is at the end
@@ -70,7 +71,7 @@ def load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         else f"{path}: is not a checkpoint (not a file written by torch.save); use a checkpoint written by descent",
     )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise DescentError(
             f"{path}: holds objects other than tensors and plain data, which descent does not load (they could run "
@@ -112,7 +113,7 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     found = [run_dir / "checkpoints" / name for name in GOING_ON_FROM if (run_dir / "checkpoints" / name).is_file()]
     if not found:
         return None
-    steps = {path: load(path).get("global_step", 0) for path in found}
+    steps = {path: load(path, mmap=True).get("global_step", 0) for path in found}
     return max(found, key=lambda path: (steps[path], -GOING_ON_FROM.index(path.name)))
 
 
@@ -151,7 +152,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         f"resume={run_dir}: {'; '.join(refused)} cannot change when a run goes on; only "
         f"{', '.join(RESUMABLE)} can (start a new run for other settings, or from these weights with ckpt_path=)",
     )
-    done = len(load(last).get("descent", {}).get("history", []))
+    done = len(load(last, mmap=True).get("descent", {}).get("history", []))
     max_epochs = value(cfg, "max_epochs") if any(key == "max_epochs" for key in keys.values()) else resumed.max_epochs
     require(
         max_epochs > done,

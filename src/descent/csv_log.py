@@ -24,7 +24,7 @@ class CSVLogger(LightningCSVLogger):
         self._earlier: list[dict[str, Any]] = []
         csv_path, last = Path(self.log_dir) / "metrics.csv", newest_checkpoint(Path(self.log_dir))
         if csv_path.is_file() and last is not None:
-            checkpoint = load(last)
+            checkpoint = load(last, mmap=True)
             history = checkpoint.get("descent", {}).get("history", [])
             epochs, steps = len(history), checkpoint.get("global_step", 0)
             with open(csv_path, newline="") as file:

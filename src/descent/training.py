@@ -134,7 +134,7 @@ def build_trainer(
     if cfg.get("logger"):
         newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
         resumed = newest is not None and cfg.logger._target_ == "descent.tensorboard.Logger"
-        logger = instantiate(cfg.logger, **({"purge_step": purge_step(load(newest))} if resumed else {}))
+        logger = instantiate(cfg.logger, **({"purge_step": purge_step(load(newest, mmap=True))} if resumed else {}))
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
