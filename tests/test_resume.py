@@ -126,11 +126,12 @@ def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last
 
 
 def test_periodic_checkpoint_settings_must_be_positive(make_cfg) -> None:
+    from descent.config import check_config
     from descent.errors import DescentError
 
     for key, value in (("every_n_steps", 0), ("every_n_minutes", -1)):
         with pytest.raises(DescentError, match=f"checkpoint.{key}={value} is not allowed"):
-            train(make_cfg(f"checkpoint.{key}={value}"))
+            check_config(make_cfg(f"checkpoint.{key}={value}"))  # before any data is loaded
 
 
 @pytest.mark.slow

@@ -95,6 +95,16 @@ def check_config(cfg: DictConfig) -> None:
         f"eval.train_samples={train_samples!r} is not allowed: give a positive number of training samples, or "
         "null for all of them",
     )
+    periodic = cfg.get("checkpoint") or {}
+    steps, every = periodic.get("every_n_steps"), periodic.get("every_n_minutes")
+    require(
+        steps is None or (is_whole(steps) and steps >= 1),
+        f"checkpoint.every_n_steps={steps!r} is not allowed: give a positive number of steps, or null (off)",
+    )
+    require(
+        every is None or (is_number(every) and every > 0),
+        f"checkpoint.every_n_minutes={every!r} is not allowed: give a positive number of minutes, or null (off)",
+    )
     minutes = cfg.get("progress_every_minutes")
     require(
         minutes is None or (is_number(minutes) and minutes > 0),

@@ -145,9 +145,12 @@ class Classifier(LightningModule):
         rank, world_size, group_size = trainer.global_rank, trainer.world_size, self.norm_batch_size
         plan = Plan(n, n, data.samples_per_chunk, rank=rank, world_size=world_size, group_size=group_size)
         chunks = (precision.convert_input(chunk.x) for chunk in Chunks(plan, images, labels))
-        reduce = (lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")) if trainer.world_size > 1 else None
+        if trainer.world_size > 1:
+            reduce = lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")  # noqa: E731
+        else:
+            reduce = lambda sums: sums  # noqa: E731
         with precision.forward_context():
-            recompute_statistics(self.net, self.norms, chunks, reduce or (lambda sums: sums))
+            recompute_statistics(self.net, self.norms, chunks, reduce)
 
     def on_validation_model_eval(self) -> None:
         """Before anything is evaluated (a callback's measurement included): the statistics of theta^k."""

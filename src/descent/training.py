@@ -25,7 +25,7 @@ from descent.checkpoints import (
 )
 from descent.config import check_config
 from descent.data import ImageData
-from descent.errors import is_number, is_whole, require
+from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
@@ -156,15 +156,7 @@ def build_trainer(
 def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
     """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes;
     `resume=` goes on from it at that step."""
-    steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")
-    require(
-        steps is None or (is_whole(steps) and steps >= 1),
-        f"checkpoint.every_n_steps={steps!r} is not allowed: give a positive number of steps, or null (off)",
-    )
-    require(
-        minutes is None or (is_number(minutes) and minutes > 0),
-        f"checkpoint.every_n_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
-    )
+    steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")  # checked by check_config
     if steps is None and minutes is None:
         return []
     path = run_dir / "checkpoints" / "periodic.ckpt"
