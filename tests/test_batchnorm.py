@@ -78,14 +78,12 @@ def test_the_probe_names_a_module_that_mixes_samples_and_passes_batch_norm() -> 
     resnet = ResNet((1, 28, 28), 10, depth=8, width=4)
     ghost_batch_norm(resnet, 32)
     before = {name: value.clone() for name, value in resnet.state_dict().items()}
-    assert mixing_module(resnet, (1, 28, 28), 32, training=True) is None
-    assert mixing_module(resnet, (1, 28, 28), 32, training=False) is None
+    assert mixing_module(resnet, (1, 28, 28), training=True) is None
+    assert mixing_module(resnet, (1, 28, 28), training=False) is None
     assert all(torch.equal(value, before[name]) for name, value in resnet.state_dict().items())
-    assert (
-        mixing_module(MixingMLP((1, 28, 28), 10), (1, 28, 28), 32, training=True) == "model.net.2 (CentredOnTheBatch)"
-    )
+    assert mixing_module(MixingMLP((1, 28, 28), 10), (1, 28, 28), training=True) == "model.net.2 (CentredOnTheBatch)"
     plain_resnet = ResNet((1, 28, 28), 10, depth=8, width=4)  # nn.BatchNorm2d, not yet grouped: it mixes
-    assert mixing_module(plain_resnet, (1, 28, 28), 32, training=True) == "model.net.blocks.0.bn1 (BatchNorm2d)"
+    assert mixing_module(plain_resnet, (1, 28, 28), training=True) == "model.net.blocks.0.bn1 (BatchNorm2d)"
 
 
 def final_figures(result: dict) -> dict[str, float]:

@@ -141,13 +141,14 @@ def recompute_statistics(
         norm.num_batches_tracked += 1
 
 
-def mixing_module(net: nn.Module, input_shape: tuple[int, ...], group_size: int, training: bool) -> str | None:
+def mixing_module(net: nn.Module, input_shape: tuple[int, ...], training: bool) -> str | None:
     """`model.net.<name> (<class>)` of the first module (in call order) whose output for one sample depends on
     other samples of its forward call beyond the sample's own normalisation group, in training or eval mode
     (dropout off); None if there is none.
 
-    A probe: 2 groups of 2 samples (group_size is set to 2 for it), random inputs; the gradient of the first
-    group's outputs with respect to the second group's inputs must be exactly zero. Nothing of `net` changes.
+    A probe: 2 groups of 2 samples (every BatchNorm's group size is set to 2 for it), random inputs; the gradient
+    of the first group's outputs with respect to the second group's inputs must be exactly zero. Nothing of `net`
+    changes.
     """
     norms = [module for module in net.modules() if isinstance(module, GhostBatchNorm)]
     state = {name: value.clone() for name, value in net.state_dict().items()}
@@ -197,11 +198,11 @@ def mixing_module(net: nn.Module, input_shape: tuple[int, ...], group_size: int,
         net.load_state_dict(state)
 
 
-def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], group_size: int, one_pass: bool) -> None:
+def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: bool) -> None:
     """Refuse, before training, a network whose samples influence each other in a way descent cannot make
     independent of chunk_size, unless `one_pass` (each step and each evaluated set is one forward on one rank)."""
     for training, when in ((True, "training"), (False, "evaluation")):
-        name = mixing_module(net, input_shape, group_size, training)
+        name = mixing_module(net, input_shape, training)
         if name is not None and not one_pass:
             raise DescentError(
                 f"{name} mixes the samples of a forward pass in {when} mode (not as nn.BatchNorm, which "

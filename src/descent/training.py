@@ -112,7 +112,7 @@ def check_batch_coupling(data: ImageData, model: Classifier, world_size: int) ->
     meet the chunk size."""
     largest_set = max(len(y) for _, y in data.sets.values())
     one_pass = world_size == 1 and data.samples_per_chunk >= max(data.samples_per_step, largest_set)
-    check_samples_apart(model.net, data.input_shape, model.norm_batch_size, one_pass)
+    check_samples_apart(model.net, data.input_shape, one_pass)
     group = data.samples_per_group
     if group > 1 and data.samples_per_chunk % group:
         held = max(group, data.samples_per_chunk // group * group)
