@@ -8,9 +8,9 @@ help: ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 
-install: $(PY) ## create .venv and install descent with its dev, optuna and slurm extras
+install: $(PY) ## create .venv and install descent with its dev, optuna, slurm, mlflow and wandb extras
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,optuna,slurm]'
+	$(PY) -m pip install --quiet -e '.[dev,optuna,slurm,mlflow,wandb]'
 
 # Offline, Fashion-MNIST comes from Debian's package; online, torchvision downloads it at the first run.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist

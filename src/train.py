@@ -7,14 +7,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from descent import monitor  # noqa: F401  (registers ${monitor_mode:...} and ${monitor_direction:...})
 from descent.errors import check_group_options, exit_on_error
 from descent.multirun import job_dir_name
 
 OmegaConf.register_new_resolver("job_dir_name", job_dir_name)  # names a sweep's job dirs (conf/train.yaml)
 
 
+def summarise_stopped_sweep() -> None:
+    from descent.sweep import summarise_stopped_sweep as summarise  # here: torch loads once a job runs
+
+    summarise()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@exit_on_error
+@exit_on_error(when_a_sweep_stops=summarise_stopped_sweep)
 def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
     from descent.checkpoints import resumed_config  # here, so that a mistyped override fails before torch loads

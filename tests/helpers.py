@@ -24,7 +24,8 @@ from descent.data.idx import write_idx
 from descent.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = Path(os.environ.get("DESCENT_CONF", ROOT / "conf"))
+"""The config dir the tests compose: the repository's, or a copy holding a user's own files (DESCENT_CONF)."""
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
@@ -42,7 +43,8 @@ def reference_step(make_cfg: Callable[..., DictConfig], *overrides: str) -> dict
     data, model = build(cfg)
     net = model.net.double()
     images, y = data.sets["train"]
-    loss = F.cross_entropy(net(images.normalised().double()), y)
+    smoothing = cfg.model.loss.get("label_smoothing", 0.0)
+    loss = F.cross_entropy(net(images.normalised().double()), y, label_smoothing=smoothing)
     loss.backward()
     return {f"net.{name}": (p - LR * p.grad).detach() for name, p in net.named_parameters()}
 

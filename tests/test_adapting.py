@@ -9,6 +9,7 @@ import importlib
 import itertools
 import json
 import math
+import re
 import shutil
 import sys
 from collections import Counter
@@ -22,7 +23,6 @@ from helpers import CONF, ROOT, environment, run, scalars
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from descent import metrics
 from descent.data.idx import read_idx
 from descent.nets import MLP
 from descent.training import train
@@ -160,15 +160,6 @@ data_dir: data/big
 image_shape: [3, 32, 32]
 val_size: 10000
 """
-
-
-# Recipe 4's entries of descent.metrics.SUMS and FIGURES.
-NEW_SUMS = {
-    "top2_errors": lambda loss_sum, logits, y: (logits.topk(2, dim=1).indices != y[:, None]).all(dim=1).sum(),
-}
-NEW_FIGURES = {
-    "top2_error": lambda sums: sums["top2_errors"] / sums["count"],
-}
 
 
 # What the tests share.
@@ -396,29 +387,139 @@ def test_a_data_set_too_big_for_memory_is_read_on_demand(
 # 4. A new metric
 
 
-def test_a_new_metric_is_a_sum_and_a_figure(make_cfg, monkeypatch: pytest.MonkeyPatch, idx_dir: Path) -> None:
-    for name, add in NEW_SUMS.items():
-        monkeypatch.setitem(metrics.SUMS, name, add)
-    for name, figure in NEW_FIGURES.items():
-        monkeypatch.setitem(metrics.FIGURES, name, figure)
-    cfg = make_cfg("optimizer.lr=0.002")  # slow learning: errors and top-2 errors both above 0
-    train(cfg)
+def readme_files(section: str) -> dict[str, str]:
+    """The files a README section prints: each fenced block whose first line is `# src/...` or `# conf/...`."""
+    readme = (ROOT / "README.md").read_text()
+    text = readme[readme.index(f"\n{section}\n") :]
+    text = text[: re.search(r"\n##+ ", text[1:]).start() + 1]  # up to the next heading
+    files = {}
+    for block in text.split("```")[1::2]:
+        body = block.split("\n", 1)[1]
+        for line in body.splitlines()[:2]:  # the path, or a Hydra header and then the path
+            if line.startswith(("# src/", "# conf/")):
+                files[line[2:].split()[0]] = body
+    return files
 
-    run_dir = Path(cfg.run_dir)
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    logged = scalars(run_dir)
-    for name in ("train", "val", "test"):
-        per_epoch = [row[f"{name}/top2_error"] for row in history]
-        assert len(per_epoch) == 2
-        assert logged[f"{name}/top2_error"] == pytest.approx(per_epoch, rel=1e-6)  # events hold float32
-    # The last epoch's figure, recomputed from last.ckpt: a sample is a top-2 error when two classes score higher.
+
+def last_logits(run_dir: Path, idx_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every set's logits at the last checkpoint's MLP 784-32-10, computed here, and its labels."""
     x_train, x_test = (read_idx(idx_dir / f"{prefix}-images-idx3-ubyte.gz") for prefix in ("train", "t10k"))
     y_train, y_test = (read_idx(idx_dir / f"{prefix}-labels-idx1-ubyte.gz") for prefix in ("train", "t10k"))
     net = mlp_of(run_dir, (1, 28, 28), 10, [32])
     with torch.no_grad():
-        for name, (x, y) in carved(x_train, y_train, x_test, y_test, val_size=100).items():
-            logits = net(x)
-            higher = (logits > logits.gather(1, y[:, None])).sum(1)
-            expected = int((higher >= 2).sum()) / len(y)
-            assert history[-1][f"{name}/top2_error"] == expected
-            assert 0 < expected < history[-1][f"{name}/error"]  # a figure of its own, not the top-1 error
+        sets = carved(x_train, y_train, x_test, y_test, val_size=100)
+        return {name: (net(x.float()).double(), y) for name, (x, y) in sets.items()}
+
+
+def test_a_new_metric_is_a_yaml_or_a_metric_class_of_your_own(tmp_path: Path, idx_dir: Path) -> None:
+    files = readme_files("### A new metric")
+    assert set(files) == {"conf/metrics/weighted_f1.yaml", "src/my_metrics.py", "conf/metrics/top2_error.yaml"}
+    root = user_copy(tmp_path, files)
+    run_dir = tmp_path / "run"
+    done = run(
+        "src/train.py",
+        "metrics=[weighted_f1,top2_error]",
+        "monitor=val/weighted_f1",
+        *on_idx(idx_dir),
+        "model.net.hidden=[32]",
+        "max_epochs=3",
+        "optimizer.lr=0.002",
+        f"hydra.run.dir={run_dir}",
+        cwd=root,
+    )  # fmt: skip  (slow learning: errors and top-2 errors both above 0)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run_dir / "metrics.json").read_text())
+    history = result["history"]
+    assert result["mode"] == "max" and result["best"] == max(history, key=lambda row: row["val/weighted_f1"])
+    logged = scalars(run_dir)
+    for name in ("train", "val", "test"):
+        for metric in ("weighted_f1", "top2_error"):
+            per_epoch = [row[f"{name}/{metric}"] for row in history]
+            assert logged[f"{name}/{metric}"] == pytest.approx(per_epoch, rel=1e-6)  # events hold float32
+    # The last epoch's figures, recomputed from last.ckpt: a sample is a top-2 error when two classes score higher.
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    for name, (logits, y) in last_logits(run_dir, idx_dir).items():
+        higher = (logits > logits.gather(1, y[:, None])).sum(1)
+        expected = int((higher >= 2).sum()) / len(y)
+        assert history[-1][f"{name}/top2_error"] == pytest.approx(expected, abs=1e-6)  # computed in float32
+        assert 0 < expected < history[-1][f"{name}/error"]  # a figure of its own, not the top-1 error
+        weighted = float(multiclass_f1_score(logits, y, 10, average="weighted"))
+        assert history[-1][f"{name}/weighted_f1"] == pytest.approx(weighted, abs=1e-6)
+    assert "val weighted_f1" in done.stdout  # the console's table
+
+
+def test_another_loss_is_a_function_and_a_loss_yaml(tmp_path: Path, idx_dir: Path) -> None:
+    """The README's focal loss: the figures are its mean over each set, and one GD step in chunks of 7 equals the
+    step in one chunk (float64), so the chunk sums hold for it."""
+    files = readme_files("### Another loss")
+    assert set(files) == {"src/my_losses.py", "conf/loss/focal.yaml"}
+    root = user_copy(tmp_path, files)
+    common = ["src/train.py", "loss=focal", "optimizer=gd", *on_idx(idx_dir), "model.net.hidden=[32]", "max_epochs=1"]
+    for chunk in ("7", "full"):
+        done = run(*common, f"chunk_size={chunk}", "trainer.precision=64-true", "logger=none",
+                   f"hydra.run.dir={tmp_path / chunk}", cwd=root)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    chunked, whole = (torch.load(tmp_path / c / "checkpoints" / "last.ckpt")["state_dict"] for c in ("7", "full"))
+    for name, value in whole.items():
+        torch.testing.assert_close(chunked[name], value, rtol=0, atol=1e-10, msg=name)
+
+    done = run(*common, "max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=root)
+    assert done.returncode == 0, done.stderr
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    for name, (logits, y) in last_logits(tmp_path / "run", idx_dir).items():
+        log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+        focal = float((-((1 - log_p.exp()) ** 2.0) * log_p).mean())
+        assert final[f"{name}/loss"] == pytest.approx(focal, rel=1e-5)
+        assert final[f"{name}/loss"] < float(F.cross_entropy(logits, y))  # the focal loss, not cross-entropy
+
+
+def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Path) -> None:
+    files = readme_files("### Another logger")
+    assert set(files) == {"src/my_loggers.py", "conf/logger/jsonl.yaml"}
+    root = user_copy(tmp_path, files)
+    run_dir = tmp_path / "run"
+    done = run("src/train.py", "logger=[tensorboard,jsonl]", *on_idx(idx_dir), "model.net.hidden=[32]",
+               "max_epochs=3", f"hydra.run.dir={run_dir}", cwd=root)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [line for line in lines if "val/loss" in line]
+    assert [line["step"] for line in per_epoch] == [1, 2, 3]  # the epoch k
+    for key in ("train/loss", "val/error", "test/acc", "progress/lr"):
+        assert [line[key] for line in per_epoch] == pytest.approx([row[key] for row in history], rel=1e-6)
+    assert scalars(run_dir)["val/loss"] == pytest.approx([row["val/loss"] for row in history], rel=1e-6)
+
+
+# 5. Your files pass the suite
+
+
+def test_the_config_tests_accept_a_users_own_data_set_and_network(tmp_path: Path) -> None:
+    """Recipes 1 and 2 added to a copy of conf/ (another image shape, 3x12x12 with 4 classes, and a network without
+    `hidden`, with its search space), then tests/test_config.py run on that copy as the user would run the suite:
+    every config test that composes their options passes."""
+    import subprocess
+
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = (quadrant_images(n, (3, 12, 12), rng) for n in (300, 120))
+    np.savez(tmp_path / "my_set.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    root = user_copy(
+        tmp_path / "user",
+        {
+            "src/my_data.py": MY_DATA,
+            "src/my_nets.py": MY_NETS,
+            "conf/data/my_npz.yaml": MY_NPZ_YAML.replace("data/my_set.npz", str(tmp_path / "my_set.npz")),
+            "conf/model/small_cnn.yaml": SMALL_CNN_YAML,
+            "conf/search_space/optuna_small_cnn.yaml": SEARCH_SPACE_YAML,
+        },
+    )
+    env = environment(DESCENT_CONF=str(root / "conf"), PYTHONPATH=str(root / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "tests/test_config.py",
+         "-k", "my_npz or small_cnn"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:]
+    passed = [line for line in done.stdout.splitlines() if line.startswith("PASSED")]
+    assert any("[my_npz]" in line for line in passed), done.stdout[-2000:]
+    assert sum("small_cnn" in line for line in passed) == 2  # its network built for the data, and searched

@@ -83,7 +83,10 @@ BAD_INPUTS = [
         ["optimizer=nope"],
         "error: optimizer=nope is not an option of optimizer: choose one of adam, gd, lbfgs, momentum, sgd",
     ),
-    (["logger=nosuch"], "error: logger=nosuch is not an option of logger: choose one of csv, none, tensorboard"),
+    (
+        ["logger=nosuch"],
+        "error: logger=nosuch is not an option of logger: choose one of csv, mlflow, none, tensorboard, wandb",
+    ),
     (["data=imagenet_typo"], "error: data=imagenet_typo is not an option of data: choose one of fashion_mnist,"),
     (["-m", "model=mlp,cnm"], "error: model=cnm is not an option of model: choose one of cnn, mlp"),
     (
@@ -101,6 +104,19 @@ BAD_INPUTS = [
     (["trainer=gpu"], "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu"),
     (["data.augment={crop_padding:-1}"], "error: data.augment.crop_padding=-1 is not allowed"),
     (["data.augment={crop_padding:30}"], "error: data.augment.crop_padding=30 must be smaller than the images'"),
+    (["model.loss.reduction=mean"], "error: model.loss.reduction='mean': descent sums the loss over each chunk"),
+    (
+        [
+            "model.loss._target_=torch.nn.functional.cross_entropy",
+            "++model.loss._partial_=true",
+            "~model.loss.reduction",
+        ],
+        "does not return the sum over the chunk's samples",
+    ),
+    (
+        ["model.backprop=manual", "model.loss.label_smoothing=0.1"],
+        "error: model.backprop=manual writes out the gradient of plain cross-entropy",
+    ),
 ]
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import CONF
+from helpers import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -15,7 +15,7 @@ from descent.config import check_config
 from descent.data import ImageData
 from descent.errors import DescentError
 from descent.module import Classifier
-from descent.training import build
+from descent.training import build, build_loggers
 
 
 def options(group: str) -> list[str]:
@@ -26,7 +26,7 @@ def test_groups_have_the_options_the_readme_promises() -> None:
     assert {"mnist", "fashion_mnist", "synthetic"} <= set(options("data"))
     assert {"sgd", "gd", "momentum", "adam"} <= set(options("optimizer"))
     assert {"default", "cpu", "gpu", "mps", "ddp", "ddp_cpu"} <= set(options("trainer"))
-    assert {"tensorboard", "csv", "none"} <= set(options("logger"))
+    assert {"tensorboard", "csv", "mlflow", "wandb", "none"} <= set(options("logger"))
 
 
 # These need their own generated files, and are built and trained on them in tests/test_imagenet.py.
@@ -42,8 +42,9 @@ def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path)
     assert isinstance(module, ImageData) and isinstance(model, Classifier)
     images, y = module.sets["train"]
     x = images.normalised()
-    assert x.shape[1:] == module.input_shape == (1, 28, 28)
-    assert model.net[0].in_features == 784
+    assert x.shape[1:] == module.input_shape and len(module.input_shape) == 3  # [C, H, W], whatever the data
+    assert model(x[:4]).shape == (4, module.num_classes)  # the network was sized by the data it got
+    assert int(y.min()) >= 0 and int(y.max()) < module.num_classes
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2  # normalised once, on the train split
 
@@ -64,11 +65,25 @@ def test_optimizer_and_scheduler_options_instantiate(make_cfg, optimizer: str, s
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_logger_options_instantiate(make_cfg, logger: str) -> None:
+    """Each option alone (a run's files in its run dir; MLflow's store under logs/), and all at once."""
     cfg = make_cfg(f"logger={logger}")
-    built = instantiate(cfg.logger) if cfg.logger else None
-    assert (built is None) == (logger == "none")
-    if built is not None:
-        assert Path(built.log_dir) == Path(cfg.run_dir)
+    built = build_loggers(cfg)
+    assert [type(one).__name__ for one in built] == ([] if logger == "none" else [logger_class(cfg.logger[logger])])
+    for one in built:
+        if logger == "mlflow":
+            assert one._tracking_uri == "sqlite:///logs/mlflow.db" and one._run_name == cfg.run_dir
+        else:
+            assert Path(one.save_dir) == Path(cfg.run_dir)
+
+
+def logger_class(node) -> str:
+    return node._target_.rsplit(".", 1)[-1]
+
+
+def test_several_loggers_at_once(make_cfg) -> None:
+    every = [name for name in options("logger") if name != "none"]
+    cfg = make_cfg(f"logger=[{','.join(every)}]")
+    assert [type(one).__name__ for one in build_loggers(cfg)] == [logger_class(cfg.logger[name]) for name in every]
 
 
 HARDWARE = {
@@ -173,21 +188,24 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
         assert isinstance(configured["lr_scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
-SEARCHED_NETWORK = {
-    "mlp": ({"hidden_width": "64"}, {"hidden": [64, 64]}),
-    "cnn": ({"conv_channels": "8", "linear_width": "60"}, {"channels": [6, 8], "hidden": [60, 84]}),
-    "resnet": ({"model.net.width": "8", "model.net.depth": "14"}, {"width": 8, "depth": 14}),
-}
-"""Per network: what a search varies (a value a trial may take), and what that makes of `model.net`."""
+def searched_network(model: str) -> dict[str, str]:
+    """What a search varies of `model`'s network (conf/search_space/optuna_<model>.yaml, if the network has one),
+    each key with the first value a trial may take."""
+    path = CONF / "search_space" / f"optuna_{model}.yaml"
+    if not path.is_file():
+        return {}
+    params = OmegaConf.load(path).hydra.sweeper.params
+    return {key: str(value).partition("choice(")[2].split(",")[0].strip(" )") for key, value in params.items()}
 
 
 @pytest.mark.parametrize("search", options("hparams_search"))
 @pytest.mark.parametrize("model", options("model"))
 def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str, model: str) -> None:
-    trial, expected = SEARCHED_NETWORK[model]
+    trial = searched_network(model)
     cfg = make_cfg(f"hparams_search={search}", f"model={model}", "data=synthetic")
     check_config(cfg)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        plain = compose("train", overrides=[f"hparams_search={search}", f"model={model}"])
         overrides = [f"hparams_search={search}", f"model={model}", *(f"{k}={v}" for k, v in trial.items())]
         composed = compose("train", overrides=overrides, return_hydra_config=True)
     hydra_cfg = composed.hydra
@@ -197,20 +215,32 @@ def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str, mo
     for key in searched:  # a key missing from the config would fail every trial
         assert OmegaConf.select(cfg, key) is not None
     net = OmegaConf.to_container(composed.model.net, resolve=True)
-    assert {key: net[key] for key in expected} == expected  # the trial's values reach the network
+    if trial and any(str(OmegaConf.select(plain, key)) != value for key, value in trial.items()):
+        assert net != OmegaConf.to_container(plain.model.net, resolve=True)  # the trial's values reach the network
     build(cfg)
 
 
-def test_monitor_must_be_a_figure_to_minimise(make_cfg) -> None:
-    with pytest.raises(DescentError, match="monitor='test/acc' is not allowed: .* train/loss, train/error, val/loss"):
-        check_config(make_cfg("monitor=test/acc"))
+@pytest.mark.parametrize(
+    ("monitor", "metrics"),
+    [("test/accuracy", "none"), ("val/macro_f1", "none"), ("valid/error", "none"), ("val/f1", "[macro_f1]")],
+)
+def test_monitor_must_be_a_figure_with_a_direction(make_cfg, monitor: str, metrics: str) -> None:
+    allowed = "train/loss, train/error, train/acc"
+    with pytest.raises(DescentError, match=f"monitor='{monitor}' is not allowed: .* {allowed}"):
+        check_config(make_cfg(f"monitor={monitor}", f"metrics={metrics}"))
+
+
+def test_a_metric_whose_class_states_no_direction_cannot_be_monitor(make_cfg) -> None:
+    cfg = make_cfg("+metrics.mean_logit._target_=torchmetrics.aggregation.MeanMetric", "monitor=val/mean_logit")
+    with pytest.raises(DescentError, match="monitor='val/mean_logit' is not allowed: .*states higher_is_better"):
+        check_config(cfg)
 
 
 def test_image_every_n_epochs_must_be_a_whole_number(make_cfg) -> None:
     with pytest.raises(InstantiationException) as raised:  # Hydra wraps what a constructor raises
-        instantiate(make_cfg("logger.image_every_n_epochs=-1").logger)
+        instantiate(make_cfg("logger.tensorboard.image_every_n_epochs=-1").logger.tensorboard)
     assert isinstance(raised.value.__cause__, DescentError)
-    assert "logger.image_every_n_epochs=-1 is not allowed" in str(raised.value.__cause__)
+    assert "logger.tensorboard.image_every_n_epochs=-1 is not allowed" in str(raised.value.__cause__)
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -290,10 +320,33 @@ def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) ->
         "momentum": 0.9,
         "weight_decay": 0.0005,
     }
-    assert composed.scheduler.T_max == composed.max_epochs == 20 and composed.batch_size == 128
-    assert composed.trainer.check_val_every_n_epoch == 5
+    assert composed.scheduler.T_max == composed.max_epochs == 30 and composed.batch_size == 128
+    assert composed.trainer.check_val_every_n_epoch == 10 and composed.model.loss.label_smoothing == 0.1
     cfg = make_cfg("experiment=fashion_mnist_resnet")
     cfg.data.system_dir = None  # the test's own files
     check_config(cfg)
     data, model = build(cfg)
     assert data.augment is not None and len(model.norms) == 7 and data.samples_per_group == 32
+
+
+def test_the_readme_lists_every_group_and_option() -> None:
+    """The README's table of config groups names exactly the groups and options in the repository's conf/."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| group | options | what it sets |") :].split("\n\n")[0].splitlines()[2:]
+    listed = {}
+    for row in table:
+        group, options_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        listed[group.strip("`")] = {option.strip(" `") for option in options_cell.split(",")}
+    conf = ROOT / "conf"
+    on_disk = {str(path.parent.relative_to(conf)): set() for path in conf.rglob("*.yaml") if path.parent != conf}
+    for path in conf.rglob("*.yaml"):
+        if path.parent != conf:
+            on_disk[str(path.parent.relative_to(conf))].add(path.stem)
+    assert listed == on_disk
+
+
+def test_a_loss_file_without_its_package_header_is_refused(make_cfg) -> None:
+    """A conf/loss/ file lacking `# @package model.loss` lands at the top level: training on the default loss
+    instead would be silent, so the run stops."""
+    with pytest.raises(DescentError, match=r"loss: the chosen conf/loss/ file landed at the top level.*@package"):
+        check_config(make_cfg("+loss._target_=my_losses.focal_loss"))

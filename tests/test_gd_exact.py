@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import EXACT, assert_same, reference_step, run, trained_step
 
 from descent.training import train
@@ -15,6 +16,17 @@ def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(make_cfg, tmp_pat
     result = train(make_cfg(*EXACT, f"chunk_size={chunk_size}", f"model={model}"))
     assert result["final"]["progress/steps"] == 1
     assert_same(trained_step(tmp_path / "run"), reference_step(make_cfg, f"model={model}"))
+
+
+@pytest.mark.parametrize("chunk_size", [7, "full"])
+def test_the_loss_from_config_is_summed_exactly_over_chunks(make_cfg, tmp_path: Path, chunk_size) -> None:
+    """model.loss with label smoothing: the chunked step is the step on the smoothed mean loss, not the plain one."""
+    smoothed = "model.loss.label_smoothing=0.2"
+    train(make_cfg(*EXACT, f"chunk_size={chunk_size}", smoothed))
+    got = trained_step(tmp_path / "run")
+    assert_same(got, reference_step(make_cfg, smoothed))
+    plain = reference_step(make_cfg)
+    assert not all(torch.allclose(got[name], plain[name], rtol=0, atol=1e-6) for name in plain)
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ def test_the_plan_is_said_before_training(make_cfg, caplog) -> None:
     caplog.set_level(logging.INFO)
     train(make_cfg("max_epochs=1", "batch_size=50"))
     line = next(record.message for record in caplog.records if record.message.startswith("memory on cpu"))
-    assert "activations of one chunk of 50 samples 0.2 MiB" in line
+    assert "activations of one chunk of 50 samples 0.16 MiB" in line  # 50 x PER_SAMPLE bytes
+    assert "parameters 25,450 (0.097 MiB)" in line  # 784 x 32 + 32 + 32 x 10 + 10, float32
     assert "optimizer state 0.0 MiB" in line and "budget" in line
 
 

@@ -90,7 +90,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step(
 
 
 SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
-               "trainer=cpu", "logger.image_every_n_epochs=0", "max_epochs=2", "seed=4"]  # fmt: skip
+               "trainer=cpu", "logger.tensorboard.image_every_n_epochs=0", "max_epochs=2", "seed=4"]  # fmt: skip
 """3,000 steps an epoch, a few seconds: long enough to kill it between two periodic checkpoints."""
 
 

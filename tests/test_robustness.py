@@ -48,7 +48,7 @@ BAD_SETTINGS = [
     ("model=mlp", "optimizer.weight_decay=inf", "optimizer.weight_decay=inf is not allowed"),
     ("model=mlp", "model.net.dropout=nan", "model.net.dropout=nan is not allowed"),
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
-    ("model=mlp", "monitor=test/acc", "monitor='test/acc' is not allowed"),
+    ("model=mlp", "monitor=test/accuracy", "monitor='test/accuracy' is not allowed"),
 ]
 
 
@@ -203,7 +203,7 @@ def test_divergence_on_the_command_line_is_one_line_and_a_nonzero_exit(idx_dir: 
 # Interruption and resuming.
 
 SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
-               "trainer=cpu", "logger.image_every_n_epochs=0"]  # fmt: skip
+               "trainer=cpu", "logger.tensorboard.image_every_n_epochs=0"]  # fmt: skip
 """About a second or two an epoch of thousands of steps: long enough to stop in the middle of one."""
 
 
@@ -472,7 +472,7 @@ def test_a_disk_that_fills_up_ends_in_one_line_and_keeps_the_earlier_checkpoints
     idx_dir: Path, tiny_disk: Path, logger: str
 ) -> None:
     run_dir = tiny_disk / "run"
-    pictures = ["logger.image_every_n_epochs=0"] if logger == "tensorboard" else []
+    pictures = ["logger.tensorboard.image_every_n_epochs=0"] if logger == "tensorboard" else []
     done = run(
         "src/train.py", *small(idx_dir), "model.net.hidden=[256]", "max_epochs=20", f"logger={logger}", *pictures,
         f"hydra.run.dir={run_dir}",

@@ -166,7 +166,8 @@ def test_runs_are_read_from_metrics_json_error_txt_or_marked_running(tmp_path: P
     assert (ok.best["epoch"], ok.final["epoch"], ok.objective) == (1, 2, 0.1)  # type: ignore[index]
     assert ok.series("test/error") == [0.25, 0.12]
     assert (failed.name, failed.status, failed.error) == ("failed", "failed", "DescentError: batch_size=9 is wrong")
-    assert (running.name, running.status, running.history, running.objective) == ("running", "running", [], math.inf)
+    assert (running.name, running.status, running.history, running.rank) == ("running", "running", [], math.inf)
+    assert math.isnan(running.objective) and ok.rank == ok.objective  # lower is better: ranked by the figure itself
     (single,) = read_runs(tmp_path / "ok")  # a run dir is read as itself, named by its dir
     assert (single.name, single.best) == ("ok", ok.best)
 

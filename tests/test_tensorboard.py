@@ -58,7 +58,7 @@ def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path
 
 
 def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg("max_epochs=3", "logger.image_every_n_epochs=2"))
+    train(make_cfg("max_epochs=3", "logger.tensorboard.image_every_n_epochs=2"))
     events = read_events(tmp_path / "run", images=0)
     grids = events.Images("misclassified test images")
     assert [image.step for image in grids] == [2, 3]  # every 2 epochs, and the last
@@ -70,12 +70,12 @@ def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(m
 
 
 def test_no_images_when_switched_off(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg("max_epochs=1", "logger.image_every_n_epochs=0"))
+    train(make_cfg("max_epochs=1", "logger.tensorboard.image_every_n_epochs=0"))
     assert read_events(tmp_path / "run").Tags()["images"] == ["confusion matrix (test)"]
 
 
 def test_weight_and_gradient_histograms_per_layer_when_asked(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg("logger.histograms=true", "model.net.hidden=[16,8]"))
+    train(make_cfg("logger.tensorboard.histograms=true", "model.net.hidden=[16,8]"))
     histograms = read_events(tmp_path / "run").Tags()["histograms"]
     for kind in ("weights", "gradients"):
         for layer in ("0", "2", "4"):  # the Linear layers of nn.Sequential

@@ -13,7 +13,7 @@ from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from descent.errors import DescentError, require
 from descent.files import replace
@@ -173,8 +173,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             resumed.scheduler[key] = resumed.max_epochs
     resumed.trainer.max_epochs = resumed.max_epochs
     resumed.trainer.default_root_dir = resumed.run_dir = str(run_dir)
-    if "save_dir" in (resumed.get("logger") or {}):
-        resumed.logger.save_dir = str(run_dir)
+    for node in (resumed.get("logger") or {}).values():
+        if node and "save_dir" in node:
+            node.save_dir = str(run_dir)
     resumed.ckpt_path, resumed.resume = None, str(run_dir)
     return resumed
 
@@ -189,9 +190,11 @@ def rebuild_schedule(trainer: Any, scheduler: Callable[[Any], LRScheduler] | Non
     config = trainer.lr_scheduler_configs[0] if trainer.lr_scheduler_configs else None
     if config is None or scheduler is None or not isinstance(config.scheduler, LRScheduler):
         return
+    if isinstance(config.scheduler, ReduceLROnPlateau):  # its state follows the figures: restored as it was saved
+        return
     optimizer = config.scheduler.optimizer
-    for group, base in zip(optimizer.param_groups, config.scheduler.base_lrs, strict=True):
-        group["lr"] = base
+    for group in optimizer.param_groups:  # the rate before any schedule (a warm-up's SequentialLR has no base_lrs)
+        group["lr"] = group["initial_lr"]
     with warnings.catch_warnings():  # stepping the schedule before the optimizer is the point here
         warnings.simplefilter("ignore", UserWarning)
         config.scheduler = scheduler(optimizer)

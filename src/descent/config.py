@@ -9,8 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from descent.backprop import check_mlp
 from descent.data.base import is_sample_count
 from descent.errors import DescentError, is_number, is_whole, require
-from descent.metrics import MONITORS
 from descent.module import BACKPROPS
+from descent.monitor import check_monitor
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -23,10 +23,11 @@ def check_config(cfg: DictConfig) -> None:
         is_sample_count(cfg.chunk_size),
         f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
     )
+    check_monitor(cfg.monitor, cfg.get("metrics"))
     require(
-        cfg.monitor in MONITORS,
-        f"monitor={cfg.monitor!r} is not allowed: choose the best epoch (and a sweep's objective) by one of "
-        f"{', '.join(MONITORS)}",
+        "loss" not in cfg,
+        "loss: the chosen conf/loss/ file landed at the top level, not at model.loss, so the run would train on "
+        "the default loss; make `# @package model.loss` its first line",
     )
     lr = cfg.optimizer.get("lr")
     require(

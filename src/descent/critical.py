@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 
-from descent.data import Plan
+from descent.data import set_chunks
 from descent.runs import Run
 
 
@@ -52,19 +52,14 @@ def validation_error(trainer, module) -> float:  # type: ignore[no-untyped-def]
     module.recompute_norm_statistics()
     data = trainer.datamodule
     images, labels = data.sets["val"]
-    plan = Plan(
-        len(labels), len(labels), data.samples_per_chunk, rank=trainer.global_rank, world_size=trainer.world_size
-    )
     was_training = module.net.training
     module.net.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=module.device)
-    indices = [index for step in plan for index, _ in step]
-    for index, x in zip(indices, images.read(indices), strict=True):
-        y = labels[index]
+    for chunk in set_chunks(images, labels, data.samples_per_chunk, trainer.global_rank, trainer.world_size):
         counts += torch.stack(
             [
-                (module(x.to(module.dtype)).argmax(1) != y).sum().double(),
-                torch.tensor(len(y), dtype=torch.float64, device=y.device),
+                (module(chunk.x.to(module.dtype)).argmax(1) != chunk.y).sum().double(),
+                torch.tensor(len(chunk.y), dtype=torch.float64, device=chunk.y.device),
             ]
         )
     module.net.train(was_training)

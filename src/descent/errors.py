@@ -22,12 +22,16 @@ class DescentError(Exception):
     stops_a_sweep = False  # True: end the whole multirun (Ctrl-C), not just this job
 
 
-def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
+def exit_on_error(main: Callable[P, R] | None = None, *, when_a_sweep_stops: Callable[[], None] | None = None) -> Any:
     """Turn a DescentError into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1).
 
     In a multirun the error is raised on after its line, so that Hydra marks the job failed, runs the others
-    and fails the sweep at the end, rather than the first bad job ending the whole sweep.
+    and fails the sweep at the end, rather than the first bad job ending the whole sweep; an error that ends the
+    whole sweep (a stop signal) calls `when_a_sweep_stops` first (train.py: the sweep's summary).
+    Bare (`@exit_on_error`) or with it (`@exit_on_error(when_a_sweep_stops=...)`).
     """
+    if main is None:
+        return functools.partial(exit_on_error, when_a_sweep_stops=when_a_sweep_stops)
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -47,10 +51,8 @@ def exit_on_error(main: Callable[P, R]) -> Callable[P, R]:
             print(f"{error.label}: {error}", file=sys.stderr)
             if in_multirun() and not error.stops_a_sweep:
                 raise
-            if in_multirun():
-                from descent.sweep import summarise_stopped_sweep
-
-                summarise_stopped_sweep()
+            if in_multirun() and when_a_sweep_stops is not None:
+                when_a_sweep_stops()
             raise SystemExit(error.exit_code) from None
 
     return wrapper

@@ -29,6 +29,7 @@ class MemoryPlan:
     optimizer_state_bytes: int
     activation_bytes_per_sample: int
     budget_bytes: int
+    parameter_count: int = 0
 
     @property
     def fixed_bytes(self) -> int:
@@ -42,7 +43,8 @@ class MemoryPlan:
         activations = chunk * self.activation_bytes_per_sample
         total = self.fixed_bytes + activations
         return (
-            f"memory on {device}: data {mib(self.data_bytes)}, parameters {mib(self.parameter_bytes)}, "
+            f"memory on {device}: data {mib(self.data_bytes)}, "
+            f"parameters {self.parameter_count:,} ({mib(self.parameter_bytes)}), "
             f"gradients {mib(self.parameter_bytes)}, optimizer state {mib(self.optimizer_state_bytes)}, "
             f"activations of one chunk of {chunk} samples {mib(activations)}; "
             f"total about {mib(total)} of a {mib(self.budget_bytes)} budget"
@@ -50,7 +52,8 @@ class MemoryPlan:
 
 
 def mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+    """In MiB, to a tenth; below 1 MiB to two significant digits (a small network's 0.037 MiB is not 0.0)."""
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 or n == 0 else f"{n / 2**20:.2g} MiB"
 
 
 PROBE_SAMPLES = (8, 16)
@@ -101,9 +104,10 @@ def estimate(
 ) -> MemoryPlan:
     """Data and parameters counted, optimizer state by the optimizer's kind, activations measured by a probe."""
     parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    count = sum(p.numel() for p in module.parameters())
     states = OPTIMIZER_STATE_PER_PARAMETER.get(optimizer, 2) + (optimizer == "SGD" and momentum > 0)
     per_sample = activation_bytes_per_sample(module, input_shape)
-    return MemoryPlan(data_bytes, parameter_bytes, states * parameter_bytes, per_sample, budget_bytes)
+    return MemoryPlan(data_bytes, parameter_bytes, states * parameter_bytes, per_sample, budget_bytes, count)
 
 
 def plan_chunk_size(plan: MemoryPlan, step_size: int, chunk_size: int, full_batch: bool, device: torch.device) -> int:

@@ -1,20 +1,27 @@
 """Metric names, defined once, and what is made of them: per-epoch figures from sums, final and best, tables.
 
 Every figure of epoch k is that of the parameters theta^k at the end of the epoch, over a whole set, in eval mode,
-computed exactly from sums over the set's chunks (and ranks). To add a metric, add what a chunk contributes to SUMS
-and how the set's figure follows from the sums to FIGURES: the module logs it as `{set}/{name}` for every set, and
-metrics.json, TensorBoard's scalars and the sweep summary's columns take it from there. Add its name to
-LOWER_IS_BETTER too if lower is better: then `monitor` may name it, `gap/{name}` is logged and the console table
-shows it.
+computed exactly from sums over the set's chunks (and ranks). descent's own figures (loss, error, acc) are SUMS
+and FIGURES; a user's are torchmetrics classes named in the config's `metrics` (conf/metrics/), built here
+(`build_metrics`), updated with every chunk's logits and summed over ranks by torchmetrics: both are logged as
+`{set}/{name}` for every set, and metrics.json, every logger, the console and the sweep summary take them from
+there. Whether higher is better decides the best epoch when `monitor` names a figure: descent's figures say it in
+LOWER_IS_BETTER and HIGHER_IS_BETTER, a torchmetrics class in its `higher_is_better`.
 """
 
-from collections.abc import Callable
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from hydra.utils import get_class, instantiate
 from torch import Tensor
+from torchmetrics import Metric
 
 from descent.data import EVAL_SETS
+from descent.errors import require
+from descent.monitor import LOWER_IS_BETTER
 
 SUMS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor | int]] = {
     "loss": lambda loss_sum, logits, y: loss_sum,  # the module's loss, summed over the chunk
@@ -30,12 +37,6 @@ FIGURES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 """A set's figures from its sums: logged as `{set}/{name}` after every epoch."""
 
-LOWER_IS_BETTER = ("loss", "error")
-"""The figures `monitor` may name (the best epoch is where it is lowest), and whose test-minus-train `gap/` is
-logged: the sign of overfitting."""
-
-MONITORS = tuple(f"{stage}/{name}" for stage in EVAL_SETS for name in LOWER_IS_BETTER)
-"""What `monitor` may be."""
 
 STEP_LOSS = "train/step_loss"
 """The training loss of one optimizer step's samples (on the step axis, every `trainer.log_every_n_steps`)."""
@@ -60,27 +61,37 @@ def chunk_sums(loss_sum: Tensor, logits: Tensor, y: Tensor) -> Tensor:
     return torch.stack([value.to(torch.float64) for value in values])
 
 
-def figures(sums: list[list[float]]) -> dict[str, float]:
-    """Every FIGURES entry per evaluated set (`sums` in EVAL_SETS order), and test minus train as `gap/`."""
+def figures(sums: list[list[float]], measured: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Every FIGURES entry per evaluated set (`sums` in EVAL_SETS order), the `measured` figures of the configured
+    metrics, and test minus train as `gap/` of descent's and of each configured metric's single number."""
     metrics: dict[str, float] = {}
     for stage, values in zip(EVAL_SETS, sums, strict=True):
         named = dict(zip(SUMS, values, strict=True))
         metrics |= {f"{stage}/{name}": figure(named) for name, figure in FIGURES.items()}
-    metrics |= {f"gap/{name}": metrics[f"test/{name}"] - metrics[f"train/{name}"] for name in LOWER_IS_BETTER}
+    metrics |= dict(measured or {})
+    for name in (*LOWER_IS_BETTER, *user_metrics(metrics)):
+        metrics[f"gap/{name}"] = metrics[f"test/{name}"] - metrics[f"train/{name}"]
     return metrics
 
 
-def final_and_best(history: list[dict[str, float]], monitor: str) -> tuple[dict[str, float], dict[str, float]]:
-    """The last epoch's figures, and those of the first epoch with the lowest `monitor`: "best" everywhere."""
-    return history[-1], min(history, key=lambda row: row[monitor])
+def final_and_best(
+    history: list[dict[str, float]], monitor: str, mode: str = "min"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The last epoch's figures, and those of the first epoch with the lowest `monitor` (the highest with mode
+    "max"): "best" everywhere."""
+    sign = -1 if mode == "max" else 1
+    return history[-1], min(history, key=lambda row: sign * row[monitor])
 
 
-def summary(history: list[dict[str, float]], monitor: str, run_dir: str, best_checkpoint: str) -> dict[str, Any]:
+def summary(
+    history: list[dict[str, float]], monitor: str, run_dir: str, best_checkpoint: str, mode: str = "min"
+) -> dict[str, Any]:
     """What metrics.json holds: final and best-epoch figures with the whole history."""
-    final, best = final_and_best(history, monitor)
+    final, best = final_and_best(history, monitor, mode)
     return {
         "run_dir": run_dir,
         "monitor": monitor,
+        "mode": mode,
         "final": final,
         "best": best,
         "best_checkpoint": best_checkpoint,
@@ -89,24 +100,94 @@ def summary(history: list[dict[str, float]], monitor: str, run_dir: str, best_ch
 
 
 def epoch_line(row: dict[str, float]) -> str:
-    """One epoch's log line: what a run without a progress bar prints after each epoch."""
+    """One epoch's log line: what a run without a progress bar prints after each epoch (the configured metrics'
+    validation figures among them)."""
+    configured = "".join(f"{name} {row[f'val/{name}']:.4f} " for name in user_metrics(row))
     return (
         f"epoch {int(row['epoch'])}  train loss {row['train/loss']:.4f} err {100 * row['train/error']:.2f}%  "
-        f"val err {100 * row['val/error']:.2f}%  test loss {row['test/loss']:.4f} err {100 * row['test/error']:.2f}%  "
-        f"({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s)"
+        f"val err {100 * row['val/error']:.2f}% {configured} test loss {row['test/loss']:.4f} "
+        f"err {100 * row['test/error']:.2f}%  ({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s)"
     )
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The final and best epoch's TABLE figures, a row each, for the console."""
-    widths = [max(12, len(key) + 2) for key in TABLE]
-    header = f"{'':16}" + "".join(f"{key.replace('/', ' '):>{width}}" for key, width in zip(TABLE, widths, strict=True))
+    """The final and best epoch's TABLE figures and the configured metrics' val and test ones, a row each."""
+    columns = [*TABLE, *(f"{stage}/{name}" for name in user_metrics(result["final"]) for stage in ("val", "test"))]
+    widths = [max(12, len(key) + 2) for key in columns]
+    titles = "".join(f"{key.replace('/', ' '):>{width}}" for key, width in zip(columns, widths, strict=True))
+    header = f"{'':16}{titles}"
     lines = [header]
     for label in ("final", "best"):
         row = result[label]
         cells = "".join(
-            f"{row[key]:>{width}.4f}" if key.endswith("loss") else f"{100 * row[key]:>{width - 1}.2f}%"
-            for key, width in zip(TABLE, widths, strict=True)
+            f"{100 * row[key]:>{width - 1}.2f}%" if key.endswith("error") else f"{row[key]:>{width}.4f}"
+            for key, width in zip(columns, widths, strict=True)
         )
         lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
     return "\n".join(lines)
+
+
+# A user's metrics: torchmetrics classes from the config's `metrics` node.
+
+
+def build_metrics(metric_nodes: Mapping[str, Any] | None, num_classes: int, monitor: str) -> dict[str, Metric]:
+    """Each `metrics.<name>` node instantiated, given `num_classes` unless it sets it, and tried on random logits:
+    a figure per set or one per class (a vector, which `monitor` cannot name), nothing else."""
+    built: dict[str, Metric] = {}
+    for name, node in (metric_nodes or {}).items():
+        require(
+            name.isidentifier() and name not in FIGURES and name not in SUMS,
+            f"metrics.{name}: a metric's name must be a Python identifier and not one of descent's own "
+            f"({', '.join(FIGURES)}); rename it",
+        )
+        require(
+            "_target_" in node,
+            f"metrics.{name} has no _target_: name a torchmetrics class, e.g. "
+            "torchmetrics.classification.MulticlassF1Score",
+        )
+        sized = "num_classes" not in node and "num_classes" in inspect.signature(get_class(node._target_)).parameters
+        metric = instantiate(node, **({"num_classes": num_classes} if sized else {}))
+        require(
+            isinstance(metric, Metric),
+            f"metrics.{name}: {node._target_} is not a torchmetrics Metric; name one (torchmetrics.classification)",
+        )
+        generator = torch.Generator().manual_seed(0)
+        probe = metric.clone()
+        with warnings.catch_warnings():  # a few random samples leave classes empty: not the run's business
+            warnings.simplefilter("ignore")
+            probe.update(torch.randn(16, num_classes, generator=generator), torch.arange(16) % num_classes)
+            value = probe.compute()
+        require(
+            isinstance(value, Tensor) and value.dim() <= 1,
+            f"metrics.{name}: {node._target_} gives a {describe(value)}; descent logs a number or one per class "
+            "(a vector): choose an average (e.g. average: macro) or another metric",
+        )
+        require(
+            value.dim() == 0 or monitor.partition("/")[2] != name,
+            f"monitor={monitor}: metrics.{name} gives one figure per class ({monitor}/0, /1, ...); the best epoch "
+            "needs one number: monitor another metric, or this one with an average (e.g. average: macro)",
+        )
+        built[name] = metric
+    return built
+
+
+def describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {list(value.shape)}"
+    return type(value).__name__
+
+
+def metric_figures(stage: str, name: str, value: Tensor) -> dict[str, float]:
+    """A metric's value over a set: `{stage}/{name}`, or `{stage}/{name}/{i}` for each entry of a vector."""
+    if value.dim() == 0:
+        return {f"{stage}/{name}": float(value)}
+    return {f"{stage}/{name}/{i}": float(entry) for i, entry in enumerate(value.tolist())}
+
+
+def user_metrics(row: Mapping[str, float]) -> list[str]:
+    """The names of a row's single-number figures that are not descent's own: the configured metrics."""
+    return [
+        key.split("/", 1)[1]
+        for key in row
+        if key.startswith("val/") and key.count("/") == 1 and key.split("/", 1)[1] not in FIGURES
+    ]

@@ -1,28 +1,30 @@
-"""The LightningModule: a network trained on cross-entropy, one optimizer step per batch, evaluated every epoch.
+"""The LightningModule: a network trained on a loss summed over each chunk, one optimizer step per batch, evaluated
+every epoch.
 
-To train another loss, change `loss`; to train another network, give another `model.net` (see `descent.nets`).
+Another network is another `model.net` (see `descent.nets`); another loss is another `model.loss` (conf/loss/).
 """
 
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
 
 from descent import metrics
 from descent.backprop import check_mlp
 from descent.batchnorm import ghost_batch_norm, recompute_statistics
 from descent.checkpoints import rebuild_schedule
-from descent.data import EVAL_SETS, Chunk, Chunks, Plan
+from descent.data import EVAL_SETS, Chunk, set_chunks
 from descent.errors import require
+from descent.schedules import follows_figures, with_warmup
 from descent.stepping import Diverged, take_step
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's ch
 
 
 class Classifier(LightningModule):
-    """`net` trained on cross-entropy; after every epoch k, the whole train, val and test sets are evaluated with
-    theta^k in eval mode (not the running mean of the minibatch losses seen during the epoch).
+    """`net` trained on `loss` (cross-entropy summed over a chunk unless given); after every epoch k, the whole
+    train, val and test sets are evaluated with theta^k in eval mode (not the running mean of the minibatch losses
+    seen during the epoch): descent's loss and error from exact sums, and each of `metrics` (torchmetrics).
 
     `gradient_clip_val` and `gradient_clip_algorithm` are the Trainer's settings of those names, applied here:
     Lightning refuses them under manual optimization, which a step over several chunks needs.
@@ -51,17 +54,42 @@ class Classifier(LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         norm_batch_size: int = 32,
+        loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        metrics: Mapping[str, Metric] | None = None,
+        warmup_epochs: int = 0,
+        monitor: str = "val/error",
     ) -> None:
         super().__init__()
         require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
+        self.criterion = loss if loss is not None else nn.CrossEntropyLoss(reduction="sum")
+        reduction = getattr(self.criterion, "reduction", "sum")
+        require(
+            reduction == "sum",
+            f"model.loss.reduction={reduction!r}: descent sums the loss over each chunk and divides by the step's "
+            "own size, so the step is exact in any chunks; set model.loss.reduction=sum",
+        )
         if backprop == "manual":
             check_mlp(net)
+            require(
+                is_plain_cross_entropy(self.criterion),
+                f"model.backprop=manual writes out the gradient of plain cross-entropy, not of {self.criterion}; "
+                "use model.backprop=autograd or the plain loss (loss=cross_entropy, label_smoothing 0)",
+            )
+        # One copy of each configured metric per evaluated set: torchmetrics accumulates a set's chunks, sums ranks.
+        # (keyed "train_set" and so on: "train" is a method of every nn.Module)
+        self.set_metrics = nn.ModuleDict(
+            {
+                f"{stage}_set": nn.ModuleDict({name: m.clone() for name, m in (metrics or {}).items()})
+                for stage in EVAL_SETS
+            }
+        )
         self.norms = ghost_batch_norm(net, norm_batch_size)
         self.norm_batch_size = norm_batch_size
         # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
         # scales by a fixed count instead of the samples actually in the step.
         self.automatic_optimization = False
         self.net, self.optimizer, self.scheduler, self.backprop = net, optimizer, scheduler, backprop
+        self.warmup_epochs, self.monitor = warmup_epochs, monitor
         self.clip = (gradient_clip_val, gradient_clip_algorithm) if gradient_clip_val else None
         self.history: list[dict[str, float]] = []
         self.last_evaluation: dict[str, float] = {}
@@ -77,15 +105,37 @@ class Classifier(LightningModule):
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """The loss of a chunk, summed over its samples: a step divides the sum by its own size, exactly."""
-        return F.cross_entropy(logits, y, reduction="sum")
+        return self.criterion(logits, y)
+
+    def check_loss_sums(self, num_classes: int) -> None:
+        """A loss that averages makes every chunked step and figure wrong without an error: the sum over twice the
+        samples must be twice the sum."""
+        generator = torch.Generator().manual_seed(0)
+        dtype = next(self.net.parameters()).dtype
+        logits = torch.randn(4, num_classes, generator=generator, dtype=dtype).to(self.device)
+        y = torch.randint(num_classes, (4,), generator=generator).to(self.device)
+        one, twice = self.loss(logits, y), self.loss(torch.cat([logits, logits]), torch.cat([y, y]))
+        require(
+            one.dim() == 0 and torch.allclose(twice, 2 * one),
+            f"model.loss ({self.criterion}) does not return the sum over the chunk's samples (one number, doubled "
+            "for the samples twice over); descent divides a step's sum by the step's size: make it sum",
+        )
+
+    def schedule(self, optimizer: Optimizer) -> LRScheduler | None:
+        """The warm-up and the configured schedule (`descent.schedules`), as `resume=` rebuilds them too."""
+        return with_warmup(optimizer, self.scheduler, self.warmup_epochs)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
+        scheduler = self.schedule(optimizer)
+        if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}  # stepped here, by epoch or on `monitor`
 
     def on_fit_start(self) -> None:
+        num_classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if num_classes is not None:
+            self.check_loss_sums(num_classes)
         require(
             self.backprop == "autograd" or getattr(self.trainer.precision_plugin, "scaler", None) is None,
             f"model.backprop=manual with trainer.precision={self.trainer.precision}: its loss scaler works through "
@@ -105,7 +155,7 @@ class Classifier(LightningModule):
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is not None:  # resume=: the schedule, for this config's max_epochs
-            rebuild_schedule(self.trainer, self.scheduler, self.current_epoch)
+            rebuild_schedule(self.trainer, self.schedule, self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
         self.clock = time.perf_counter()
@@ -120,10 +170,15 @@ class Classifier(LightningModule):
             self.clock = None
 
     def on_train_epoch_end(self) -> None:
+        """After the epoch's evaluation (Lightning 2 evaluates before this hook): the next epoch's rate."""
         self.stop_clock()
         scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if scheduler is None:
+            return
+        if not follows_figures(scheduler):
             scheduler.step()
+        elif self.history and self.history[-1]["epoch"] == self.current_epoch + 1:  # evaluated epochs only
+            scheduler.step(self.history[-1][self.monitor])
 
     def _end_of_epoch(self) -> bool:
         """Evaluating theta^k within fit, not in a sanity check and not in `validate` (eval.py)."""
@@ -141,10 +196,10 @@ class Classifier(LightningModule):
             return
         data, trainer = self.trainer.datamodule, self.trainer
         images, labels = data.sets["train"]
-        n, precision = len(labels), trainer.precision_plugin
+        precision = trainer.precision_plugin
         rank, world_size, group_size = trainer.global_rank, trainer.world_size, self.norm_batch_size
-        plan = Plan(n, n, data.samples_per_chunk, rank=rank, world_size=world_size, group_size=group_size)
-        chunks = (precision.convert_input(chunk.x) for chunk in Chunks(plan, images, labels))
+        every = set_chunks(images, labels, data.samples_per_chunk, rank, world_size, group_size)
+        chunks = (precision.convert_input(chunk.x) for chunk in every)
         if trainer.world_size > 1:
             reduce = lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")  # noqa: E731
         else:
@@ -168,9 +223,16 @@ class Classifier(LightningModule):
         """One chunk of a set (`dataloader_idx` in EVAL_SETS order): its summed loss, errors and count."""
         logits = self(chunk.x)
         self._sums[dataloader_idx] += metrics.chunk_sums(self.loss(logits, chunk.y), logits, chunk.y)
+        for metric in self.set_metrics[f"{EVAL_SETS[dataloader_idx]}_set"].values():
+            metric.update(logits, chunk.y)
 
     def on_validation_epoch_end(self) -> None:
-        figures = metrics.figures(self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist())
+        measured: dict[str, float] = {}
+        for stage in EVAL_SETS:
+            for name, metric in self.set_metrics[f"{stage}_set"].items():  # on every rank: torchmetrics gathers them
+                measured |= metrics.metric_figures(stage, name, metric.compute())
+                metric.reset()
+        figures = metrics.figures(self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist(), measured)
         self.last_evaluation = figures
         if not self._end_of_epoch():
             return
@@ -226,3 +288,13 @@ class Classifier(LightningModule):
         self.train_seconds = state.get("train_seconds", 0.0)
         if "rng" in state and self.trainer.state.fn == TrainerFn.FITTING:
             torch.set_rng_state(state["rng"].cpu())
+
+
+def is_plain_cross_entropy(loss: Callable[[Tensor, Tensor], Tensor]) -> bool:
+    return (
+        type(loss) is nn.CrossEntropyLoss
+        and loss.weight is None
+        and loss.label_smoothing == 0
+        and loss.ignore_index < 0
+        and loss.reduction == "sum"
+    )

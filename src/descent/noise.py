@@ -25,7 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from descent import metrics
-from descent.data import Images, Plan
+from descent.data import Images, set_chunks
 from descent.errors import is_whole, require
 
 if TYPE_CHECKING:
@@ -49,15 +49,16 @@ def gradient(module: "Classifier", images: Images, labels: Tensor, rows: Tensor 
 
     torch.autograd.grad, not backward: the parameters' .grad (and DDP's hooks on them) are never touched."""
     trainer, precision = module.trainer, module.trainer.precision_plugin
-    n = len(labels) if rows is None else len(rows)
-    plan = Plan(n, n, chunk_size, rank=trainer.global_rank, world_size=trainer.world_size)
-    indices = [index if rows is None else rows[index] for step in plan for index, _ in step]
+    if rows is not None:
+        rows = rows.to(labels.device)
+        images, labels = images.subset(rows), labels[rows]
+    n = len(labels)
     params = [p for p in module.parameters() if p.requires_grad]
     dtype = torch.promote_types(params[0].dtype, torch.float32)
     total = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=module.device)
-    for index, x in zip(indices, images.read(indices), strict=True):
+    for chunk in set_chunks(images, labels, chunk_size, trainer.global_rank, trainer.world_size):
         with precision.forward_context():
-            loss_sum = module.loss(module(precision.convert_input(x)), labels[index])
+            loss_sum = module.loss(module(precision.convert_input(chunk.x)), chunk.y)
         grads = torch.autograd.grad(loss_sum / n, params, materialize_grads=True)
         total += torch.cat([g.flatten() for g in grads]).to(dtype)
     return trainer.strategy.reduce(total, reduce_op="sum")

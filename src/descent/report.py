@@ -100,7 +100,7 @@ def format_table(runs: list[Run], target_error: float) -> str:
         f"s to {percent(target_error)} test error",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for run in sorted(runs, key=lambda run: (str(run.monitor), run.objective, run.name)):
+    for run in sorted(runs, key=lambda run: (str(run.monitor), run.rank, run.name)):
         assert run.best is not None and run.final is not None and run.monitor is not None  # finished_runs
         objective = format_figure(run.monitor, run.objective)
         cells = [

@@ -4,7 +4,8 @@ A run dir holds `metrics.json` (every epoch's figures in `history`, the `monitor
 early), `config.yaml`, and, for a sweep job, `.hydra/overrides.yaml` and, if the job failed, `error.txt`.
 `metrics.json` holds every figure the event files do, at float64 and whichever logger ran, so the event files are
 not read: the one thing they add is the epochs of a run still in progress, which is reported as running instead.
-"final" and "best" are `descent.metrics.final_and_best` of the history: best is the epoch of the lowest `monitor`.
+"final" and "best" are `descent.metrics.final_and_best` of the history: best is the epoch of the lowest `monitor`
+(the highest, for a figure whose `mode` is "max").
 """
 
 import json
@@ -31,6 +32,7 @@ class Run:
     overrides: dict[str, str] = field(default_factory=dict)
     status: str = "running"  # ok; failed (error.txt, or diverged); interrupted (a stop signal); running (no result)
     monitor: str | None = None
+    mode: str = "min"  # "max": the monitor is better higher
     history: list[Row] = field(default_factory=list)
     final: Row | None = None
     best: Row | None = None  # the first epoch with the lowest `monitor`
@@ -38,8 +40,15 @@ class Run:
 
     @property
     def objective(self) -> float:
-        """The best epoch's `monitor` figure, what a sweep minimises; infinite for a run without a result."""
-        return self.best[self.monitor] if self.status == "ok" and self.best and self.monitor else math.inf
+        """The best epoch's `monitor` figure, what a sweep optimises; NaN for a run without a result."""
+        return self.best[self.monitor] if self.status == "ok" and self.best and self.monitor else math.nan
+
+    @property
+    def rank(self) -> float:
+        """What runs sort by, best first: the objective, negated where higher is better; infinite without one."""
+        if math.isnan(self.objective):
+            return math.inf
+        return -self.objective if self.mode == "max" else self.objective
 
     def series(self, key: str) -> list[float]:
         """`key`'s value at every epoch, in epoch order."""
@@ -70,9 +79,9 @@ def read_run(run_dir: Path, name: str) -> Run | None:
     run = Run(name, run_dir, read_overrides(run_dir))
     content = read_metrics(run_dir / "metrics.json")
     if content is not None:
-        run.monitor, run.history = content.get("monitor"), content["history"]
+        run.monitor, run.mode, run.history = content.get("monitor"), content.get("mode", "min"), content["history"]
         if run.history and run.monitor:
-            run.final, run.best = metrics.final_and_best(run.history, run.monitor)
+            run.final, run.best = metrics.final_and_best(run.history, run.monitor, run.mode)
         if "stopped" in content:  # diverged or interrupted: what it has is not a result
             interrupted = content["stopped"].get("reason") == "interrupted"
             run.status, run.error = "interrupted" if interrupted else "failed", content["stopped"]["message"]

@@ -11,9 +11,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -22,8 +23,7 @@ from descent.backprop import average_over_ranks, backpropagate
 from descent.data import Chunk
 from descent.errors import DescentError
 
-if TYPE_CHECKING:
-    from descent.module import Classifier
+# `module` below is descent.module.Classifier, named by its base class: that module imports this one.
 
 CHECK_EVERY = 32
 """Steps between checks for a non-finite loss or a stop signal on an accelerator (every step on the CPU)."""
@@ -52,7 +52,7 @@ class Interrupted(StoppedEarly):
         self.exit_code = 128 + signal.Signals[signal_name].value
 
 
-def accumulate(module: "Classifier", chunks: Sequence[Chunk]) -> Tensor:
+def accumulate(module: LightningModule, chunks: Sequence[Chunk]) -> Tensor:
     """Add each chunk's (summed loss) / (its step's divisor) to the gradients; return the step's summed loss here."""
     trainer = module.trainer
     # manual_backward runs every callback's on_before/after_backward hooks at every chunk (about a tenth of a
@@ -73,7 +73,7 @@ def accumulate(module: "Classifier", chunks: Sequence[Chunk]) -> Tensor:
     return total
 
 
-def take_step(module: "Classifier", chunks: Sequence[Chunk], step_in_epoch: int) -> tuple[Tensor, int]:
+def take_step(module: LightningModule, chunks: Sequence[Chunk], step_in_epoch: int) -> tuple[Tensor, int]:
     """One optimizer step over `chunks`: the loss of the weights before it (summed, this rank's share) and how many
     times the step's exact loss and gradient were evaluated (1; more for L-BFGS, whose line search re-evaluates)."""
     optimizer = module.optimizers()
@@ -89,7 +89,7 @@ def take_step(module: "Classifier", chunks: Sequence[Chunk], step_in_epoch: int)
 
 
 def line_search_step(
-    module: "Classifier", optimizer: Any, chunks: Sequence[Chunk], step_in_epoch: int
+    module: LightningModule, optimizer: Any, chunks: Sequence[Chunk], step_in_epoch: int
 ) -> tuple[Tensor, int]:
     """An optimizer that takes a closure (L-BFGS): each call is the step's exact mean loss and gradient, over its
     chunks and ranks (the same value on every rank, so that their line searches agree). The checks come after the
@@ -111,7 +111,7 @@ def line_search_step(
     return loss_sum, evaluations
 
 
-def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int) -> None:
+def check_before_step(module: LightningModule, loss_sum: Tensor, step_in_epoch: int) -> None:
     """Raise `Diverged` on a non-finite loss, `Interrupted` after SIGINT/SIGTERM; before the step is taken.
 
     Reading the loss costs nothing on the CPU but waits for an accelerator, so there it is read every CHECK_EVERY
@@ -143,7 +143,7 @@ def check_before_step(module: "Classifier", loss_sum: Tensor, step_in_epoch: int
     raise interrupted(module)
 
 
-def interrupted(module: "Classifier") -> Interrupted:
+def interrupted(module: LightningModule) -> Interrupted:
     """Save the weights of this moment to interrupted.ckpt and say so: what a stop signal ends in."""
     trainer = module.trainer
     epoch, step = module.current_epoch + 1, trainer.global_step + 1
@@ -172,7 +172,7 @@ class KeepWeightsOnLightningStop(Callback):
 
 
 @contextmanager
-def stop_on_signals(module: "Classifier") -> Iterator[dict[int, Any]]:
+def stop_on_signals(module: LightningModule) -> Iterator[dict[int, Any]]:
     """SIGINT, SIGTERM and SIGUSR1 (SLURM's warning ahead of a time limit) ask the module to stop before its next
     optimizer step (a second SIGINT stops at once). Yields the handlers they had before (`descent.slurm.requeue`
     hands SIGUSR1 on to submitit's)."""

@@ -22,20 +22,25 @@ from descent.files import replace_text
 from descent.runs import Run, read_runs
 
 
-def shown(noise: bool = True) -> list[tuple[str, str]]:
+def shown(noise: bool = True, configured: list[str] | None = None) -> list[tuple[str, str]]:
     """What each row shows besides the objective, as (epoch of metrics.json, key): the best epoch, its test
     figures, the last epoch's test, train and gap figures, training seconds and, with `noise`, the last epoch's
     gradient noise (metrics.NOISE). Made from descent.metrics when called, so that a figure added to
-    metrics.FIGURES is a column here too."""
-    names = list(metrics.FIGURES)
+    metrics.FIGURES is a column here too; the `configured` metrics' (single-number) figures follow descent's."""
+    names = [*metrics.FIGURES, *(configured or [])]
     return [
         ("best", "epoch"),
         *(("best", f"test/{name}") for name in names),
         *(("final", f"{stage}/{name}") for stage in ("test", "train") for name in names),
-        *(("final", f"gap/{name}") for name in metrics.LOWER_IS_BETTER),
+        *(("final", f"gap/{name}") for name in (*metrics.LOWER_IS_BETTER, *(configured or []))),
         ("final", "time/train_s"),
         *(("final", key) for key in (metrics.NOISE if noise else ())),
     ]
+
+
+def configured_metrics(runs: list[Run]) -> list[str]:
+    """The configured metrics any finished run measured, in the order first met."""
+    return list(dict.fromkeys(name for run in runs if run.final for name in metrics.user_metrics(run.final)))
 
 
 def measured_noise(runs: list[Run]) -> bool:
@@ -48,7 +53,8 @@ def figures(run: Run) -> dict[str, float]:
     if run.status != "ok" or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
-    return {"objective": run.objective} | {f"{row} {key}": rows[row].get(key, math.nan) for row, key in shown()}
+    columns = shown(configured=metrics.user_metrics(run.final))
+    return {"objective": run.objective} | {f"{row} {key}": rows[row].get(key, math.nan) for row, key in columns}
 
 
 def configuration(run: Run, keys: list[str]) -> str:
@@ -66,7 +72,9 @@ def varying_keys(runs: list[Run]) -> list[str]:
     return [key for key in keys if len({run.overrides.get(key) for run in runs}) > 1]
 
 
-def configurations(runs: list[Run], keys: list[str], columns: list[str]) -> list[dict[str, Any]]:
+def configurations(
+    runs: list[Run], keys: list[str], columns: list[str], higher_is_better: bool = False
+) -> list[dict[str, Any]]:
     """Mean and standard deviation over the seeds of each configuration's finished runs, best objective first."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
@@ -80,18 +88,20 @@ def configurations(runs: list[Run], keys: list[str], columns: list[str]) -> list
             values = [shown_figures[column] for shown_figures in done]
             row[column], row[f"{column} std"] = mean_and_std(values) if values else (math.nan, math.nan)
         rows.append(row)
-    return sorted(rows, key=lambda row: (math.isnan(row["objective"]), row["objective"]))
+    sign = -1 if higher_is_better else 1
+    return sorted(rows, key=lambda row: (math.isnan(row["objective"]), sign * row["objective"]))
 
 
 def write_summary(sweep_dir: Path) -> None:
-    runs = sorted(read_runs(sweep_dir), key=lambda run: (run.objective, run.name))
+    runs = sorted(read_runs(sweep_dir), key=lambda run: (run.rank, run.name))
     if not runs:
         return
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
-    objective = f"best {monitor}"
+    higher = any(run.mode == "max" for run in runs if run.monitor)
     keys = varying_keys(runs)
-    columns = ["objective", *(f"{row} {key}" for row, key in shown(measured_noise(runs)))]
-    configs = configurations(runs, keys, columns)
+    columns = ["objective", *(f"{row} {key}" for row, key in shown(measured_noise(runs), configured_metrics(runs)))]
+    configs = configurations(runs, keys, columns, higher)
+    objective = f"best {monitor}"
     rows = [{"row": "configuration", **row, "status": f"{row['finished']}/{row['runs']} finished"} for row in configs]
     rows += [
         {"row": "run", "configuration": configuration(run, keys), "run": run.name, "status": run.status, "runs": 1}
@@ -108,7 +118,7 @@ def write_summary(sweep_dir: Path) -> None:
     for row in rows:
         writer.writerow({key.replace("objective", objective): value for key, value in row.items()})
     replace_text(sweep_dir / "summary.csv", table.getvalue())
-    replace_text(sweep_dir / "summary.md", markdown(sweep_dir, runs, configs, columns, monitor))
+    replace_text(sweep_dir / "summary.md", markdown(sweep_dir, runs, configs, columns, monitor, higher))
 
 
 def cell(figure: str, value: float) -> str:
@@ -123,8 +133,16 @@ def cell(figure: str, value: float) -> str:
     return f"{value:.0f}" if figure.endswith("epoch") else f"{value:.1f}" if "time/" in figure else f"{value:.4f}"
 
 
-def markdown(sweep_dir: Path, runs: list[Run], configs: list[dict[str, Any]], columns: list[str], monitor: str) -> str:
+def markdown(
+    sweep_dir: Path,
+    runs: list[Run],
+    configs: list[dict[str, Any]],
+    columns: list[str],
+    monitor: str,
+    higher_is_better: bool = False,
+) -> str:
     objective = f"best {monitor}"
+    better, est = ("higher", "highest") if higher_is_better else ("lower", "lowest")
     titled = [(column, column.replace("objective", objective)) for column in columns]
     # The title decides the format: the objective's is that of its figure.
     failed = sum(run.status == "failed" for run in runs)
@@ -133,8 +151,8 @@ def markdown(sweep_dir: Path, runs: list[Run], configs: list[dict[str, Any]], co
     lines = [
         f"# Sweep {sweep_dir.name}",
         "",
-        f"{len(runs)} runs, {failed} failed{stopped}. Sorted by the objective, {objective} (lower is better). "
-        f"Errors are rates; `final` is the last epoch, `best` the epoch with the lowest {monitor} "
+        f"{len(runs)} runs, {failed} failed{stopped}. Sorted by the objective, {objective} ({better} is better). "
+        f"Errors are rates; `final` is the last epoch, `best` the epoch with the {est} {monitor} "
         "(that of each run's metrics.json and best.ckpt).",
         "",
         "## Configurations (mean ± standard deviation over seeds)",

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor
 
-from descent.data import EVAL_SETS, ImageData
+from descent.data import EVAL_SETS, ImageData, set_chunks
 from descent.errors import is_whole, require
 from descent.metrics import final_and_best
 from descent.module import Classifier
@@ -44,8 +44,8 @@ class Logger(TensorBoardLogger):
     ) -> None:
         require(
             is_whole(image_every_n_epochs) and image_every_n_epochs >= 0,
-            f"logger.image_every_n_epochs={image_every_n_epochs!r} is not allowed: give a whole number of epochs, "
-            "or 0 for no image grids",
+            f"logger.tensorboard.image_every_n_epochs={image_every_n_epochs!r} is not allowed: give a whole number of "
+            "epochs, or 0 for no image grids",
         )
         # default_hp_metric=False: no placeholder hp_metric in HPARAMS, which gets the real figures at the end.
         super().__init__(save_dir, name=name, version=version, default_hp_metric=False, **kwargs)
@@ -59,13 +59,14 @@ class TensorBoardTabs(Callback):
     Does nothing unless the trainer's logger is a `Logger`; only rank 0 writes.
     """
 
-    def __init__(self, params: dict[str, Any], data: ImageData, monitor: str) -> None:
-        self.params, self.data, self.monitor = params, data, monitor
+    def __init__(self, params: dict[str, Any], data: ImageData, monitor: str, mode: str = "min") -> None:
+        self.params, self.data, self.monitor, self.mode = params, data, monitor, mode
         self._grads: dict[str, Tensor] = {}
 
     @staticmethod
     def _logger(trainer: lightning.Trainer) -> Logger | None:
-        return trainer.logger if isinstance(trainer.logger, Logger) and trainer.is_global_zero else None
+        found = [logger for logger in trainer.loggers if isinstance(logger, Logger)]  # among others, maybe
+        return found[0] if found and trainer.is_global_zero else None
 
     def on_fit_start(self, trainer: lightning.Trainer, module: Classifier) -> None:
         if logger := self._logger(trainer):
@@ -103,7 +104,7 @@ class TensorBoardTabs(Callback):
         predicted, _, y = self._test_predictions(module)
         figure = confusion_matrix_figure(confusion_matrix(predicted, y, self.data.num_classes), self._image_info()[1])
         logger.experiment.add_figure("confusion matrix (test)", figure, epoch)
-        final, best = final_and_best(module.history, self.monitor)
+        final, best = final_and_best(module.history, self.monitor, self.mode)
         logger.log_hyperparams(self.params, metrics=hparams_metrics(final, best))
 
     def _image_info(self) -> tuple[tuple[int, ...], list[str]]:
@@ -118,14 +119,12 @@ class TensorBoardTabs(Callback):
         images, y = self.data.sets["test"]
         was_training = module.net.training
         module.net.eval()
-        step = self.data.samples_per_chunk
         predicted, wrong_images = [], []
-        starts = range(0, len(y), step)
-        for start, x in zip(starts, images.read(slice(i, i + step) for i in starts), strict=True):
-            guess = module(x.to(module.dtype)).argmax(1)
+        for chunk in set_chunks(images, y, self.data.samples_per_chunk):  # all of it: rank 0 alone draws
+            guess = module(chunk.x.to(module.dtype)).argmax(1)
             predicted.append(guess)
             if sum(len(w) for w in wrong_images) < GRID_IMAGES:
-                wrong_images.append(x[guess != y[start : start + len(guess)]])
+                wrong_images.append(chunk.x[guess != chunk.y])
         module.net.train(was_training)
         return torch.cat(predicted), torch.cat(wrong_images)[:GRID_IMAGES], y
 

@@ -10,6 +10,7 @@ from typing import Any
 import lightning
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,7 @@ from descent.errors import require
 from descent.files import replace_text
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
+from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
@@ -83,7 +85,14 @@ def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
     net = instantiate(cfg.model.net, input_shape=data.input_shape, num_classes=data.num_classes)
     clipping = {key: cfg.trainer.get(key) for key in CLIPPING}
     model: Classifier = instantiate(
-        cfg.model, net=net, optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"), **clipping
+        cfg.model,
+        net=net,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
+        metrics=metrics.build_metrics(cfg.get("metrics"), data.num_classes, cfg.monitor),
+        warmup_epochs=cfg.get("warmup_epochs", 0),
+        monitor=cfg.monitor,
+        **clipping,
     )
     data.samples_per_group = model.samples_per_group
     data.eval_train_samples = (cfg.get("eval") or {}).get("train_samples")
@@ -130,13 +139,10 @@ def build_trainer(
 ) -> lightning.Trainer:
     """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`."""
     quiet_lightning()
-    logger = False
-    if cfg.get("logger"):
-        newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
-        resumed = newest is not None and cfg.logger._target_ == "descent.tensorboard.Logger"
-        logger = instantiate(cfg.logger, **({"purge_step": purge_step(load(newest, mmap=True))} if resumed else {}))
+    loggers = build_loggers(cfg)
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
-    best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode="min", enable_version_counter=False)
+    mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
+    best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode=mode, enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
     chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
     settings = trainer_settings(cfg.trainer)
@@ -146,11 +152,49 @@ def build_trainer(
         chosen.append(ProgressLines(cfg.progress_every_minutes))
     return instantiate(
         settings,
-        logger=logger,
+        logger=loggers or False,
         callbacks=[best, last, *periodic_checkpoints(cfg.get("checkpoint") or {}, run_dir), *chosen, *callbacks],
         plugins=[BackgroundCheckpointIO()],
         **overrides,
     )
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Every `logger.<name>` (logger=[tensorboard,mlflow]); TensorBoard's, on resume=, drops the points the resumed
+    run writes again."""
+    loggers = []
+    newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
+    for node in (cfg.get("logger") or {}).values():
+        if not node:
+            continue
+        resumed = newest is not None and node.get("_target_") == "descent.tensorboard.Logger"
+        loggers.append(instantiate(node, **({"purge_step": purge_step(load(newest, mmap=True))} if resumed else {})))
+    return loggers
+
+
+def log_settings(trainer: lightning.Trainer, cfg: DictConfig) -> None:
+    """The run's resolved settings, flattened (optimizer.lr, ...), as parameters of every logger but TensorBoard,
+    whose HPARAMS tab gets the settings that tell runs apart with their final figures (`TensorBoardTabs`)."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger | CSVLogger):
+            logger.log_hyperparams(flat)
+
+
+def finish_logger_runs(trainer: lightning.Trainer) -> None:
+    """A W&B run stays open after fit, and the next job of an in-process sweep would log into it: end it here."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
 
 
 def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
@@ -183,12 +227,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
     stopper = KeepWeightsOnLightningStop()
-    tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor)
+    mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
+    tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor, mode)
     noise = cfg.get("noise") or {}
     measured = (GradientNoise(noise.batch_size, noise.samples),) if noise.get("enabled") else ()
     trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
+    if trainer.is_global_zero:
+        log_settings(trainer, cfg)
     if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
         log.info(
             "train/ figures: a fixed subset of %d of the %d training samples (eval.train_samples), not the whole set",
@@ -225,6 +272,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if model.stop_signal == slurm.WARNING_SIGNAL.name:  # SLURM's time limit is near: start the job again
             slurm.requeue(handlers_before.get(slurm.WARNING_SIGNAL), trainer.is_global_zero)
         raise stopped from None
+    finally:
+        finish_logger_runs(trainer)
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
     result = summarise(model, trainer, cfg)
     if trainer.is_global_zero:
@@ -235,7 +284,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:
     best_checkpoint = trainer.checkpoint_callbacks[0].best_model_path if trainer.checkpoint_callbacks else ""
-    return metrics.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint)
+    mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
+    return metrics.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

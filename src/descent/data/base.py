@@ -19,12 +19,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
+from descent import monitor
 from descent.errors import is_whole, require
 
 if TYPE_CHECKING:
     from descent.data.augment import Augment
 
-EVAL_SETS = ("train", "val", "test")
+EVAL_SETS = monitor.EVAL_SETS
 """The sets evaluated after every epoch, in the order of `val_dataloader`."""
 
 TRAIN_SUBSET_STREAM = 0x7375627365
@@ -321,6 +322,17 @@ class Chunks:
             yield Chunk(x, self.labels[index], divisor)
 
 
+def set_chunks(
+    images: Images, labels: Tensor, chunk_size: int, rank: int = 0, world_size: int = 1, group_size: int = 1
+) -> Chunks:
+    """The one way to read a whole set chunk by chunk: this rank's contiguous share of it (all of it on one
+    process), in stored order, chunks of at most `chunk_size` cut at `group_size` boundaries. The evaluation, the
+    BatchNorm statistics, the gradient-noise measurement, the critical-batch check and TensorBoard's test
+    predictions all read sets this way."""
+    n = len(labels)
+    return Chunks(Plan(n, n, chunk_size, rank=rank, world_size=world_size, group_size=group_size), images, labels)
+
+
 def augmentation(augment: Mapping[str, Any] | bool | None) -> "Augment | None":
     """`data.augment` as given: its keys are `Augment`'s arguments (true: their defaults); null or false: none."""
     from descent.data.augment import Augment
@@ -461,10 +473,7 @@ class ImageData(LightningDataModule):
             rows = torch.randperm(self.num_train, generator=generator)[: self.eval_train_samples].sort().values
             x, y = sets[0]
             sets[0] = (x.subset(rows.to(y.device)), y[rows.to(y.device)])
-        return [
-            Chunks(Plan(len(y), len(y), self.samples_per_chunk, rank=rank, world_size=world_size), x, y)
-            for x, y in sets
-        ]
+        return [set_chunks(x, y, self.samples_per_chunk, rank, world_size) for x, y in sets]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # made on the device already; Lightning's walk through the chunks would cost a step's 1%

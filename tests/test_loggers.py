@@ -1,0 +1,142 @@
+"""Loggers labs use, several at once (logger=[tensorboard,mlflow,wandb,csv]): every logger holds the per-epoch
+figures of metrics.json, read back with each library's own reader; MLflow's UI renders the run in a real browser."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import scalars
+
+from descent.training import train
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (make install installs it)")
+wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2", reason="the wandb extra (make install installs it)")
+
+KEYS = ("val/loss", "test/error", "train/macro_f1")
+
+
+def mlflow_run(tracking_uri: str) -> tuple[object, object]:
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("descent").experiment_id])
+    return client, run
+
+
+def wandb_records(run_dir: Path) -> list[object]:
+    """The records of the offline run's .wandb file: a LevelDB-style log (a 7-byte header, 32 KiB blocks of
+    records, each a 7-byte header and a piece of one protobuf Record of wandb's own)."""
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    data, pos, pieces, records = Path(path).read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - (pos - 7) % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or kind == 0:
+            pos += left
+            continue
+        pieces += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or its last piece
+            record = wandb_pb.Record()
+            record.ParseFromString(pieces)
+            records.append(record)
+            pieces = b""
+    return records
+
+
+def test_tensorboard_mlflow_wandb_and_csv_at_once_hold_every_epochs_figures(make_cfg, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_cfg("logger=[tensorboard,mlflow,wandb,csv]", f"logger.mlflow.tracking_uri={uri}", "metrics=[macro_f1]",
+                   "max_epochs=3", "optimizer.lr=0.01")  # fmt: skip
+    history = train(cfg)["history"]
+    run_dir = Path(cfg.run_dir)
+    expected = {key: [row[key] for row in history] for key in KEYS}
+    assert len(set(expected["val/loss"])) == 3  # figures that change: a mix-up of epochs would show
+
+    client, run = mlflow_run(uri)
+    assert run.info.run_name == str(run_dir) and run.info.status == "FINISHED"
+    for key in KEYS:
+        points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda point: point.step)
+        assert [point.step for point in points] == [1, 2, 3]  # the x-axis is the epoch k
+        assert [point.value for point in points] == pytest.approx(expected[key], rel=1e-6)
+    assert run.data.params["optimizer.lr"] == "0.01" and run.data.params["model.net._target_"] == "descent.nets.MLP"
+
+    records = wandb_records(run_dir)
+    logged = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in records
+        if record.WhichOneof("record_type") == "history"
+    ]
+    per_epoch = [row for row in logged if "val/loss" in row]
+    for key in KEYS:
+        assert [row[key] for row in per_epoch] == pytest.approx(expected[key], rel=1e-6)
+    updates = [item for record in records if record.HasField("config") for item in record.config.update]
+    config = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in updates}
+    assert config["optimizer.lr"] == 0.01
+
+    events = scalars(run_dir)
+    for key in KEYS:
+        assert events[key] == pytest.approx(expected[key], rel=1e-6)
+    csv_rows = [row for row in (run_dir / "metrics.csv").read_text().splitlines()[1:] if row]
+    assert len(csv_rows) >= 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_ui_shows_the_run_in_a_real_browser(make_cfg, tmp_path: Path) -> None:
+    """`mlflow ui` on the run's store, and headless Chromium (Debian's; .ci/run installs it) rendering the
+    experiment's page: the run's name appears in the page the browser built, not only in the served HTML."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "max_epochs=1")
+    train(cfg)
+    _, run = mlflow_run(uri)
+    port = free_port()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip  (its own process group: `mlflow ui` starts gunicorn's workers, which go with it)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+            served = answer.read().decode()
+        page = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        shown = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert str(cfg.run_dir) not in served  # the served page is an empty shell: its script draws the run
+    assert str(cfg.run_dir) in shown.stdout  # the run's name, rendered by MLflow's own JavaScript
+    assert "val/error" in shown.stdout  # and its figures' names
