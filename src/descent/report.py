@@ -1,7 +1,7 @@
 """Compare the runs of a sweep from their metrics.json: a figure of the curves and a table of figures.
 
 Runs are read by `descent.runs`, as the sweep summary reads them, so "best" is the same epoch here as there and in
-each run's metrics.json: the one with the lowest `monitor` (default val/error), not the lowest test error.
+each run's metrics.json: the one with the best `monitor` (default val/error, lowest), not the lowest test error.
 """
 
 import sys
@@ -78,6 +78,11 @@ def format_figure(key: str, value: float) -> str:
 
 def seconds(value: float | None, missing: str) -> str:
     return missing if value is None else f"{value:.3f}"
+
+
+def best_word(runs: list[Run]) -> str:
+    """ "lowest", or "highest" where every run's monitor is better higher."""
+    return "highest" if runs and all(run.mode == "max" for run in runs) else "lowest"
 
 
 def monitor_of(runs: list[Run]) -> str:
@@ -168,8 +173,9 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
         [
             f"# {sweep_dir}",
             "",
-            f"{len(runs)} runs, best first. The best epoch is the one with the lowest {monitor_of(runs)} (that of "
-            "metrics.json, summary.md and best.ckpt), and its test error is shown, not the lowest test error of the "
+            f"{len(runs)} runs, best first. The best epoch is the one with the {best_word(runs)} "
+            f"{monitor_of(runs)} (that of metrics.json, summary.md and best.ckpt), and its test error is shown, not "
+            "the lowest test error of the "
             f"run. Errors are rates. Target test error {percent(target_error)}.",
             "",
             format_table(runs, target_error),
