@@ -25,6 +25,7 @@ from descent.checkpoints import (
     newest_checkpoint,
 )
 from descent.config import check_config
+from descent.curvature import GradientFlow, Sharpness
 from descent.data import ImageData
 from descent.errors import require
 from descent.files import replace_text
@@ -181,6 +182,19 @@ def log_settings(trainer: lightning.Trainer, cfg: DictConfig) -> None:
             logger.log_hyperparams(flat)
 
 
+def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
+    """The opt-in measurements at theta^k of every evaluated epoch: gradient noise, sharpness, gradient flow."""
+    noise, curvature = cfg.get("noise") or {}, cfg.get("curvature") or {}
+    chosen: list[Callback] = []
+    if noise.get("enabled"):
+        chosen.append(GradientNoise(noise.batch_size, noise.samples))
+    if curvature.get("enabled"):
+        chosen.append(Sharpness(curvature.get("eigenvalues", 1), curvature.get("iterations", 20)))
+    if (cfg.get("gradient_flow") or {}).get("enabled"):
+        chosen.append(GradientFlow())
+    return tuple(chosen)
+
+
 def finish_logger_runs(trainer: lightning.Trainer) -> None:
     """A W&B run stays open after fit, and the next job of an in-process sweep would log into it: end it here."""
     for logger in trainer.loggers:
@@ -229,8 +243,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stopper = KeepWeightsOnLightningStop()
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor, mode)
-    noise = cfg.get("noise") or {}
-    measured = (GradientNoise(noise.batch_size, noise.samples),) if noise.get("enabled") else ()
+    measured = measurements(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
