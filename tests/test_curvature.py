@@ -95,3 +95,15 @@ def test_gradient_flow_is_each_layers_full_batch_gradient_and_weight_norm(make_c
         ratio = final[f"flow/grad_norm/{depth}"] / final[f"flow/weight_norm/{depth}"]
         assert final[f"flow/ratio/{depth}"] == pytest.approx(ratio)
     assert f"flow/grad_norm/{len(weights) + 1}" not in final
+
+
+def test_tensorboard_charts_sharpness_beside_2_over_lr_and_the_norm_against_depth(make_cfg, tmp_path: Path) -> None:
+    from helpers import events, scalars
+
+    measured = ["curvature.enabled=true", "gradient_flow.enabled=true", "logger=tensorboard"]
+    history = train(make_cfg(*[o for o in SMALL if o != "logger=none"], *measured))["history"]
+    logged = scalars(tmp_path / "run")
+    for key in ("curvature/sharpness", "curvature/2_over_lr", "flow/grad_norm/1", "flow/ratio/2"):
+        assert logged[key] == pytest.approx([row[key] for row in history], rel=1e-6)
+    pictures = events(tmp_path / "run", images=0).Images("gradient norm against depth")
+    assert [picture.step for picture in pictures] == [1, 2]

@@ -54,6 +54,8 @@ def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path
     assert charts == {
         "loss": ["train/loss", "val/loss", "test/loss"],
         "error": ["train/error", "val/error", "test/error"],
+        "sharpness against 2 / lr": ["curvature/sharpness", "curvature/2_over_lr"],
+        "gradient norm of each layer": ["flow/grad_norm/.*"],
     }
 
 

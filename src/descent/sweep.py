@@ -21,8 +21,11 @@ from descent import metrics
 from descent.files import replace_text
 from descent.runs import Run, read_runs
 
+CURVATURE = ("curvature/sharpness", "curvature/2_over_lr")
+"""The sharpness columns, shown when a run measured it (curvature.enabled=true)."""
 
-def shown(noise: bool = True, configured: list[str] | None = None) -> list[tuple[str, str]]:
+
+def shown(noise: bool = True, configured: list[str] | None = None, curvature: bool = False) -> list[tuple[str, str]]:
     """What each row shows besides the objective, as (epoch of metrics.json, key): the best epoch, its test
     figures, the last epoch's test, train and gap figures, training seconds and, with `noise`, the last epoch's
     gradient noise (metrics.NOISE). Made from descent.metrics when called, so that a figure added to
@@ -35,12 +38,17 @@ def shown(noise: bool = True, configured: list[str] | None = None) -> list[tuple
         *(("final", f"gap/{name}") for name in (*metrics.LOWER_IS_BETTER, *(configured or []))),
         ("final", "time/train_s"),
         *(("final", key) for key in (metrics.NOISE if noise else ())),
+        *(("final", key) for key in (CURVATURE if curvature else ())),
     ]
 
 
 def configured_metrics(runs: list[Run]) -> list[str]:
     """The configured metrics any finished run measured, in the order first met."""
     return list(dict.fromkeys(name for run in runs if run.final for name in metrics.user_metrics(run.final)))
+
+
+def measured_curvature(runs: list[Run]) -> bool:
+    return any(run.final is not None and CURVATURE[0] in run.final for run in runs)
 
 
 def measured_noise(runs: list[Run]) -> bool:
@@ -53,7 +61,7 @@ def figures(run: Run) -> dict[str, float]:
     if run.status != "ok" or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
-    columns = shown(configured=metrics.user_metrics(run.final))
+    columns = shown(configured=metrics.user_metrics(run.final), curvature=True)
     return {"objective": run.objective} | {f"{row} {key}": rows[row].get(key, math.nan) for row, key in columns}
 
 
@@ -99,7 +107,8 @@ def write_summary(sweep_dir: Path) -> None:
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
     higher = any(run.mode == "max" for run in runs if run.monitor)
     keys = varying_keys(runs)
-    columns = ["objective", *(f"{row} {key}" for row, key in shown(measured_noise(runs), configured_metrics(runs)))]
+    chosen = shown(measured_noise(runs), configured_metrics(runs), measured_curvature(runs))
+    columns = ["objective", *(f"{row} {key}" for row, key in chosen)]
     configs = configurations(runs, keys, columns, higher)
     objective = f"best {monitor}"
     rows = [{"row": "configuration", **row, "status": f"{row['finished']}/{row['runs']} finished"} for row in configs]
@@ -126,7 +135,7 @@ def cell(figure: str, value: float) -> str:
     significant digits (B_simple may be 10^4, tr(Sigma) 10^-4), the rest to 4 places."""
     if math.isnan(value):
         return "n/a"
-    if "noise/" in figure:
+    if "noise/" in figure or "curvature/" in figure:
         return f"{value:.4g}"
     if figure.endswith(("error", "acc")):
         return f"{100 * value:.2f}%"

@@ -18,9 +18,14 @@ from descent.module import Classifier
 CHARTS = {
     "train against test": {
         name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")
-    }
+    },
+    "curvature and gradient flow": {
+        "sharpness against 2 / lr": ["Multiline", ["curvature/sharpness", "curvature/2_over_lr"]],
+        "gradient norm of each layer": ["Multiline", ["flow/grad_norm/.*"]],
+    },
 }
-"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each."""
+"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each; the sharpness with
+the stability bound 2 / lr, and every layer's gradient norm (curvature.enabled, gradient_flow.enabled)."""
 
 GRID_IMAGES = 32
 """Misclassified test images in each grid (the first ones in test-set order, so grids of epochs compare)."""
@@ -89,6 +94,8 @@ class TensorBoardTabs(Callback):
                 writer.add_histogram(f"weights/{name}", parameter, epoch)
             for name, grad in self._grads.items():
                 writer.add_histogram(f"gradients/{name}", grad, epoch)
+        if "flow/grad_norm/1" in module.extra_figures:  # descent.curvature.GradientFlow measured this epoch
+            writer.add_figure("gradient norm against depth", flow_figure(module.extra_figures), epoch)
         every = logger.image_every_n_epochs
         if every and (epoch % every == 0 or epoch == trainer.max_epochs):
             predicted, wrong_images, y = self._test_predictions(module)
@@ -127,6 +134,19 @@ class TensorBoardTabs(Callback):
                 wrong_images.append(chunk.x[guess != chunk.y])
         module.net.train(was_training)
         return torch.cat(predicted), torch.cat(wrong_images)[:GRID_IMAGES], y
+
+
+def flow_figure(figures: dict[str, float]) -> Figure:
+    """Each layer's gradient norm and weight norm against its depth (1 at the input), on a log scale: a chain of
+    Jacobians that shrinks the gradient shows as a line falling towards depth 1."""
+    depths = sorted(int(key.rsplit("/", 1)[1]) for key in figures if key.startswith("flow/grad_norm/"))
+    figure = Figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = figure.subplots()
+    for name, marker in (("grad_norm", "o"), ("weight_norm", "s")):
+        ax.plot(depths, [figures[f"flow/{name}/{d}"] for d in depths], marker=marker, label=name.replace("_", " "))
+    ax.set(xlabel="layer (1 = input)", ylabel="norm", yscale="log", xticks=depths)
+    ax.legend()
+    return figure
 
 
 def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int) -> Tensor:
