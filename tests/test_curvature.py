@@ -107,3 +107,23 @@ def test_tensorboard_charts_sharpness_beside_2_over_lr_and_the_norm_against_dept
         assert logged[key] == pytest.approx([row[key] for row in history], rel=1e-6)
     pictures = events(tmp_path / "run", images=0).Images("gradient norm against depth")
     assert [picture.step for picture in pictures] == [1, 2]
+
+
+def test_the_report_draws_sharpness_against_2_over_lr_and_the_norm_against_depth(make_cfg, tmp_path: Path) -> None:
+    from descent.report import write_report
+
+    for lr in (0.5, 2.0):
+        measured = ["curvature.enabled=true", "gradient_flow.enabled=true", f"optimizer.lr={lr}", "max_epochs=3"]
+        train(make_cfg(*SMALL, *measured, run_dir=tmp_path / "sweep" / f"lr:{lr}"))
+    markdown = write_report(tmp_path / "sweep")
+    assert (tmp_path / "sweep" / "curvature.png").is_file() and (tmp_path / "sweep" / "gradient_flow.png").is_file()
+    table = markdown[markdown.index("## Sharpness against 2 / lr") : markdown.index("![sharpness")]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `lr:")}
+    for lr in (0.5, 2.0):
+        history = json.loads((tmp_path / "sweep" / f"lr:{lr}" / "metrics.json").read_text())["history"]
+        sharpness = [row["curvature/sharpness"] for row in history]
+        first = next((str(int(row["progress/steps"])) for row in history if row["curvature/sharpness"] >= 2 / lr), None)
+        cells = [cell.strip() for cell in rows[f"lr:{lr}"].split("|")[2:-1]]
+        expected = [f"{lr:g}", f"{2 / lr:.1f}", f"{sharpness[0]:.2f}", f"{max(sharpness):.2f}", f"{sharpness[-1]:.2f}"]
+        assert cells[:6] == [*expected, first or "not reached"]
+    assert "## Gradient norm by layer" in markdown

@@ -159,6 +159,82 @@ def plot(runs: list[Run], title: str) -> Figure:
     return figure
 
 
+SHARPNESS, TWO_OVER_LR = "curvature/sharpness", "curvature/2_over_lr"
+
+
+def curvature_figure(runs: list[Run], title: str) -> Figure:
+    """Cohen et al.'s Figure 1: the training loss (top) and the sharpness (bottom) against the GD step, each run in
+    its colour, its 2 / lr as a dashed line of that colour."""
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    loss_ax, sharp_ax = figure.subplots(2, 1, sharex=True)
+    for index, run in enumerate(sorted(runs, key=lambda run: run.history[0][TWO_OVER_LR])):
+        color = f"C{index}"
+        steps = run.series(STEPS)
+        lr = 2 / run.history[0][TWO_OVER_LR]
+        loss_ax.plot(steps, run.series("train/loss"), color=color, label=f"lr {lr:g}")
+        sharp_ax.plot(steps, run.series(SHARPNESS), color=color, marker=".", label=f"lr {lr:g}")
+        sharp_ax.axhline(run.history[0][TWO_OVER_LR], color=color, linestyle="--", linewidth=1)
+    loss_ax.set(ylabel="training loss", title=title)
+    sharp_ax.set(xlabel="gradient descent step", ylabel="sharpness (top Hessian eigenvalue)")
+    for ax in (loss_ax, sharp_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=9)
+    return figure
+
+
+def curvature_section(runs: list[Run], sweep_dir: Path) -> str:
+    """The sharpness figure and a table: where each run's sharpness went against its 2 / lr."""
+    measured = [run for run in runs if SHARPNESS in run.history[-1]]
+    if not measured:
+        return ""
+    curvature_figure(measured, f"{sweep_dir}: sharpness against 2 / lr").savefig(sweep_dir / "curvature.png", dpi=100)
+    lines = [
+        "## Sharpness against 2 / lr",
+        "",
+        "| run | lr | 2 / lr | sharpness at first | highest | last | first step at 2 / lr or more | "
+        "mean / (2 / lr) after it | training loss at first and last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in sorted(measured, key=lambda run: run.history[0][TWO_OVER_LR]):
+        bound, sharpness, loss = run.history[0][TWO_OVER_LR], run.series(SHARPNESS), run.series("train/loss")
+        reached = next((i for i, value in enumerate(sharpness) if value >= bound), None)
+        first = "not reached" if reached is None else str(int(run.history[reached][STEPS]))
+        after = "n/a" if reached is None else f"{sum(sharpness[reached:]) / len(sharpness[reached:]) / bound:.3f}"
+        lines.append(
+            f"| `{run.name}` | {2 / bound:g} | {bound:.1f} | {sharpness[0]:.2f} | {max(sharpness):.2f} | "
+            f"{sharpness[-1]:.2f} | {first} | {after} | {loss[0]:.4f}, {loss[-1]:.4f} |"
+        )
+    return "\n".join([*lines, "", "![sharpness against 2 / lr](curvature.png)", ""])
+
+
+def flow_section(runs: list[Run], sweep_dir: Path) -> str:
+    """Each run's gradient norm against depth at its first and last evaluated epoch, and a table of them."""
+    measured = [run for run in runs if "flow/grad_norm/1" in run.history[-1]]
+    if not measured:
+        return ""
+    depths = sorted(int(key.rsplit("/", 1)[1]) for key in measured[0].history[-1] if key.startswith("flow/grad_norm/"))
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    ax = figure.subplots()
+    for index, run in enumerate(measured):
+        for row, style in ((run.history[0], "--"), (run.history[-1], "-")):
+            norms = [row.get(f"flow/grad_norm/{depth}", float("nan")) for depth in depths]
+            label = f"{run.name}, epoch {int(row['epoch'])}"
+            ax.plot(depths, norms, style, color=f"C{index}", marker="o", label=label)
+    ax.set(xlabel="layer (1 = input)", ylabel="gradient norm |dL/dW|", yscale="log", xticks=depths,
+           title=f"{sweep_dir}: the gradient through the chain of Jacobians")  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.savefig(sweep_dir / "gradient_flow.png", dpi=100)
+    header = "| run | epoch | " + " | ".join(f"layer {d}" for d in depths) + " | input / output layer |"
+    lines = ["## Gradient norm by layer", "", header, "| --- | --- |" + " --- |" * (len(depths) + 1)]
+    for run in measured:
+        for row in (run.history[0], run.history[-1]):
+            norms = [row.get(f"flow/grad_norm/{depth}", float("nan")) for depth in depths]
+            cells = " | ".join(f"{norm:.3g}" for norm in norms)
+            lines.append(f"| `{run.name}` | {int(row['epoch'])} | {cells} | {norms[0] / norms[-1]:.3g} |")
+    return "\n".join([*lines, "", "![gradient norm against depth](gradient_flow.png)", ""])
+
+
 def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
     """Read the runs under `sweep_dir`, write report.png and report.md there; return the markdown."""
     require(
@@ -183,6 +259,8 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
             "![train and test curves](report.png)",
             "",
             critical_batch_section(runs, sweep_dir),
+            curvature_section(runs, sweep_dir),
+            flow_section(runs, sweep_dir),
         ]
     )
     (sweep_dir / "report.md").write_text(markdown)

@@ -373,7 +373,8 @@ class ImageData(LightningDataModule):
     After `setup`, `sets` maps train, val (carved from the training set by `split_seed`) and test to
     (images, labels): `Images` and int64 labels [n], both on the training device once a trainer runs.
     `augment` (`descent.data.augment.Augment`'s arguments, e.g. {crop_padding: 2, flip: true}; null or false: off)
-    crops and flips the images of the training steps, and of nothing else.
+    crops and flips the images of the training steps, and of nothing else. `train_size` trains on a fixed subset of
+    that many of the training samples left after `val_size` (drawn by `split_seed`); null: all of them.
     """
 
     def __init__(
@@ -384,10 +385,12 @@ class ImageData(LightningDataModule):
         seed: int = 0,
         split_seed: int = 0,
         augment: Mapping[str, Any] | bool | None = None,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
+        self.train_size = train_size
         self.augment = augmentation(augment)
         self.sets: dict[str, tuple[Images, Tensor]] = {}
         self.samples_per_group = 1  # a network with BatchNorm keeps its groups within a chunk (descent.batchnorm)
@@ -413,6 +416,13 @@ class ImageData(LightningDataModule):
         )
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
+        if self.train_size is not None:  # a fixed subset of the rest, by split_seed (e.g. 5,000 for a GD study)
+            require(
+                is_whole(self.train_size) and 1 <= self.train_size <= len(train),
+                f"data.train_size={self.train_size!r} must be at least 1 and at most the {len(train)} training "
+                "samples left after data.val_size; or null for all of them",
+            )
+            train = train[: self.train_size]
         if isinstance(x_train, Tensor):
             images = normalised_in_memory(x_train, x_test, train, val)  # type: ignore[arg-type]
         else:
