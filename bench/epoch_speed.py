@@ -16,6 +16,8 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
         times a second; written to /dev/null): the bar's own cost
   cnn   at B=512, a with the LeNet CNN (model=cnn), and cnn_aug the same with data.augment={crop_padding: 2,
         flip: true}: what the crops and flips cost
+  curv  one sharpness measurement (curvature.enabled=true, 20 Lanczos steps: 20 Hessian-vector products over the
+        training set) at a_on's weights
   noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
         weights after each of its epochs, against an epoch of a
   fwd   one forward pass of the same network over the train, val and test sets (the most the evaluation should
@@ -60,6 +62,7 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from descent.checkpoints import BackgroundCheckpointIO
+from descent.curvature import top_eigenvalues
 from descent.data import ImageData
 from descent.data.idx import IDX_FILES, IdxData, write_idx
 from descent.data.synthetic import SyntheticData
@@ -162,8 +165,12 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
         train_s = model.history[-1]["time/train_s"] - train_s_before
         start = time.perf_counter()
         noise.measure(model)  # what noise.enabled=true adds to each epoch, at these weights
+        noise_s = time.perf_counter() - start
+        start = time.perf_counter()
+        top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)  # what curvature.enabled=true adds, the same way
         return {
-            "noise": time.perf_counter() - start,
+            "noise": noise_s,
+            "curv": time.perf_counter() - start,
             "a_on": timer.seconds[-1],
             "a_on train": train_s,
             "a_on validation": timer.validation_seconds[-1],
@@ -390,6 +397,7 @@ ROWS = {
     "c data": "c data  its torchvision + DataLoader alone",
     "fwd": "fwd   forward pass over train+val+test",
     "noise": "noise gradient noise, one measurement",
+    "curv": "curv  sharpness, one measurement (20 Lanczos steps)",
     "cnn": "cnn   LeNet CNN, evaluation off",
     "cnn_aug": "cnn_aug the same, crops and flips on",
 }
@@ -407,6 +415,7 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
     ("eval cost (a_on - a) / fwd", "a_on - a", "fwd", ("<=", 1.0)),
     ("(a_on - its train part) / fwd", "a_on evaluation", "fwd", None),
     ("noise measurement / training epoch (a)", "noise", "a", ("<=", 1.0)),
+    ("sharpness measurement / training epoch (a)", "curv", "a", None),
     ("c/a", "c", "a", (">=", 4.0)),
     # What c/a could reach if descent cost no more than the plain loop: c/a's ceiling on this machine.
     ("c/b", "c", "b", None),
@@ -502,6 +511,9 @@ def main() -> None:
     if data_name == "Fashion-MNIST":
         print(f"peak RSS of a real run ({' '.join(REAL_RUN)}): {real_run_peak_rss_mib():.0f} MiB")
 
+
+SHARPNESS_ITERATIONS = 20
+"""curvature.iterations's default."""
 
 REAL_RUN = ("data=fashion_mnist", "optimizer=adam", "model.net.hidden=[512,512,512]", "batch_size=64", "max_epochs=1")
 """The issue's memory comparison: lightning-hydra-template's same network on the same files peaked at 0.96 GB."""

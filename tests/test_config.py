@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import CONF, ROOT
+from helpers import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -350,3 +350,24 @@ def test_a_loss_file_without_its_package_header_is_refused(make_cfg) -> None:
     instead would be silent, so the run stops."""
     with pytest.raises(DescentError, match=r"loss: the chosen conf/loss/ file landed at the top level.*@package"):
         check_config(make_cfg("+loss._target_=my_losses.focal_loss"))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_passes_the_checks_and_builds(make_cfg, experiment: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}")
+    if "system_dir" in cfg.data:  # the test's own files, not the system's
+        cfg.data.system_dir = None
+    if cfg.data.get("train_size"):  # a subset of the real set: of the test's 500 here
+        cfg.data.train_size = 100
+    check_config(cfg)
+    data, model = build(cfg)
+    assert data.num_train == (cfg.data.get("train_size") or 500)
+    model.configure_optimizers()
+
+
+def test_the_gradient_descent_studies_measure_what_the_readme_says(make_cfg) -> None:
+    eos = compose_train("experiment=edge_of_stability")
+    assert eos.full_batch and eos.curvature.enabled and eos.data.train_size == 5000
+    assert eos.model.net.activation == "tanh" and eos.trainer.check_val_every_n_epoch == 25
+    flow = compose_train("experiment=gradient_flow")
+    assert flow.gradient_flow.enabled and len(flow.model.net.hidden) == 5  # six weight layers with the logits
