@@ -114,6 +114,15 @@ BAD_INPUTS = [
         "does not return the sum over the chunk's samples",
     ),
     (
+        ["+metrics.confusion._target_=torchmetrics.classification.MulticlassConfusionMatrix"],
+        "error: metrics.confusion: torchmetrics.classification.MulticlassConfusionMatrix gives a tensor of shape "
+        "[10, 10]; descent logs a number or one per class",
+    ),
+    (
+        ["metrics=per_class_acc", "monitor=val/per_class_acc"],
+        "error: monitor=val/per_class_acc: metrics.per_class_acc gives one figure per class",
+    ),
+    (
         ["model.backprop=manual", "model.loss.label_smoothing=0.1"],
         "error: model.backprop=manual writes out the gradient of plain cross-entropy",
     ),
