@@ -137,8 +137,9 @@ class Sharpness(Callback):
 
 
 def layers(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The weight matrices and kernels in the order the forward pass meets them (biases and norms' scales left
-    out): a layer's depth is its place here, 1 at the input."""
+    """The weight matrices and kernels (biases and norms' scales left out) in the order the module registers them,
+    which is the order the forward pass meets them in a plain stack such as descent's MLP and LeNet (a ResNet's
+    shortcut convolutions come after their block's): a layer's depth is its place here, 1 at the input."""
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad and p.dim() >= 2]
 
 
