@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from descent.config import check_config
 from descent.data import ImageData
 from descent.errors import DescentError
+from descent.loggers import build_loggers
 from descent.module import Classifier
-from descent.training import build, build_loggers
+from descent.training import build
 
 
 def options(group: str) -> list[str]:

@@ -10,7 +10,6 @@ from typing import Any
 import lightning
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,13 +28,14 @@ from descent.curvature import GradientFlow, Sharpness
 from descent.data import ImageData
 from descent.errors import require
 from descent.files import replace_text
+from descent.loggers import build_loggers, finish_logger_runs, log_settings
 from descent.memory import estimate, free_bytes, plan_chunk_size
 from descent.module import Classifier
 from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
-from descent.tensorboard import TensorBoardTabs, hyperparameters, purge_step
+from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -160,28 +160,6 @@ def build_trainer(
     )
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """Every `logger.<name>` (logger=[tensorboard,mlflow]); TensorBoard's, on resume=, drops the points the resumed
-    run writes again."""
-    loggers = []
-    newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
-    for node in (cfg.get("logger") or {}).values():
-        if not node:
-            continue
-        resumed = newest is not None and node.get("_target_") == "descent.tensorboard.Logger"
-        loggers.append(instantiate(node, **({"purge_step": purge_step(load(newest, mmap=True))} if resumed else {})))
-    return loggers
-
-
-def log_settings(trainer: lightning.Trainer, cfg: DictConfig) -> None:
-    """The run's resolved settings, flattened (optimizer.lr, ...), as parameters of every logger but TensorBoard,
-    whose HPARAMS tab gets the settings that tell runs apart with their final figures (`TensorBoardTabs`)."""
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    for logger in trainer.loggers:
-        if not isinstance(logger, TensorBoardLogger | CSVLogger):
-            logger.log_hyperparams(flat)
-
-
 def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     """The opt-in measurements at theta^k of every evaluated epoch: gradient noise, sharpness, gradient flow."""
     noise, curvature = cfg.get("noise") or {}, cfg.get("curvature") or {}
@@ -193,22 +171,6 @@ def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     if (cfg.get("gradient_flow") or {}).get("enabled"):
         chosen.append(GradientFlow())
     return tuple(chosen)
-
-
-def finish_logger_runs(trainer: lightning.Trainer) -> None:
-    """A W&B run stays open after fit, and the next job of an in-process sweep would log into it: end it here."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
-            logger.experiment.finish()
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return flat
 
 
 def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
