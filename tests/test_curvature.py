@@ -91,7 +91,7 @@ def test_gradient_flow_is_each_layers_full_batch_gradient_and_weight_norm(make_c
     assert [w.shape[1] for w in weights] == [16, 6, 5]  # depth 1 is the layer at the input
     for depth, weight in enumerate(weights, start=1):
         assert final[f"flow/grad_norm/{depth}"] == pytest.approx(float(weight.grad.norm()), rel=1e-9)
-        assert final[f"flow/weight_norm/{depth}"] == pytest.approx(float(weight.norm()), rel=1e-12)
+        assert final[f"flow/weight_norm/{depth}"] == pytest.approx(float(weight.detach().norm()), rel=1e-12)
         ratio = final[f"flow/grad_norm/{depth}"] / final[f"flow/weight_norm/{depth}"]
         assert final[f"flow/ratio/{depth}"] == pytest.approx(ratio)
     assert f"flow/grad_norm/{len(weights) + 1}" not in final
