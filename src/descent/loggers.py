@@ -28,7 +28,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 def log_settings(trainer: lightning.Trainer, cfg: DictConfig) -> None:
     """The run's resolved settings, flattened (optimizer.lr, ...), as parameters of every logger but TensorBoard,
-    whose HPARAMS tab gets the settings that tell runs apart with their final figures (`TensorBoardTabs`)."""
+    whose HPARAMS tab gets the settings that tell runs apart with their final figures (`TensorBoardTabs`), and CSV,
+    whose hparams.yaml would repeat the run dir's config.yaml."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger | CSVLogger):
@@ -42,9 +43,8 @@ def finish_logger_runs(trainer: lightning.Trainer) -> None:
             logger.experiment.finish()
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optimizer": {"lr": 0.1}} as {"optimizer.lr": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}

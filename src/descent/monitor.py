@@ -34,7 +34,7 @@ def higher_is_better(monitor: str, metric_nodes: Mapping[str, Any] | None) -> bo
         return None
     try:
         better = getattr(get_class(node["_target_"]), "higher_is_better", None)
-    except ImportError:
+    except (ImportError, ValueError):  # not importable, or not a class: no direction to read
         return None
     return better if isinstance(better, bool) else None
 

@@ -48,6 +48,7 @@ def configured_metrics(runs: list[Run]) -> list[str]:
 
 
 def measured_curvature(runs: list[Run]) -> bool:
+    """Whether any run measured the sharpness (curvature.enabled=true): only then are its columns shown."""
     return any(run.final is not None and CURVATURE[0] in run.final for run in runs)
 
 
