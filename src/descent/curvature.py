@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import lightning
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from descent.data import set_chunks
@@ -104,11 +103,6 @@ def top_eigenvalues(module: "Classifier", count: int, iterations: int, seed: int
     return values[:count].tolist()
 
 
-def measured_epoch(trainer: lightning.Trainer) -> bool:
-    """theta^k of a finished epoch of fit, not a sanity check nor eval.py's evaluation."""
-    return trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-
-
 class Sharpness(Callback):
     """`curvature/sharpness` and the next `eigenvalues - 1` eigenvalues (`curvature/eig_2`, ...) with
     `curvature/2_over_lr`, at every evaluated epoch: `iterations` Hessian-vector products (curvature.iterations),
@@ -125,7 +119,7 @@ class Sharpness(Callback):
         self.eigenvalues, self.iterations = eigenvalues, iterations
 
     def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if not measured_epoch(trainer):
+        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
             return
         module.stop_clock()  # no training
         seed = (trainer.datamodule.seed or 0) * 1_000_003 + module.current_epoch
@@ -149,7 +143,7 @@ class GradientFlow(Callback):
     lr moves the layer, relative to its size, is lr times it)."""
 
     def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if not measured_epoch(trainer):
+        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
             return
         module.stop_clock()
         from descent.noise import gradient

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import lightning
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from descent import metrics
@@ -82,7 +81,7 @@ class GradientNoise(Callback):
         )
 
     def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:  # theta^k of a finished epoch only
+        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
             return
         module.stop_clock()  # the module's own hook, which stops it too, runs after this one: this is no training
         module.extra_figures |= self.measure(module)
