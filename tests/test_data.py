@@ -9,8 +9,8 @@ import torch
 
 from descent.data import Chunk, Plan, Tensors
 from descent.data.augment import Augment
-from descent.data.base import Chunks, Steps
 from descent.data.idx import IdxData, read_idx, write_idx
+from descent.data.steps import Chunks, Steps
 from descent.errors import DescentError
 
 

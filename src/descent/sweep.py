@@ -47,14 +47,10 @@ def configured_metrics(runs: list[Run]) -> list[str]:
     return list(dict.fromkeys(name for run in runs if run.final for name in metrics.user_metrics(run.final)))
 
 
-def measured_curvature(runs: list[Run]) -> bool:
-    """Whether any run measured the sharpness (curvature.enabled=true): only then are its columns shown."""
-    return any(run.final is not None and CURVATURE[0] in run.final for run in runs)
-
-
-def measured_noise(runs: list[Run]) -> bool:
-    """Whether any run measured the gradient noise (noise.enabled=true): only then are its columns shown."""
-    return any(run.final is not None and metrics.NOISE[0] in run.final for run in runs)
+def measured(runs: list[Run], key: str) -> bool:
+    """Whether any run measured `key` (an opt-in measurement: noise.enabled, curvature.enabled): only then are its
+    columns shown."""
+    return any(run.final is not None and key in run.final for run in runs)
 
 
 def figures(run: Run) -> dict[str, float]:
@@ -108,7 +104,7 @@ def write_summary(sweep_dir: Path) -> None:
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
     higher = any(run.mode == "max" for run in runs if run.monitor)
     keys = varying_keys(runs)
-    chosen = shown(measured_noise(runs), configured_metrics(runs), measured_curvature(runs))
+    chosen = shown(measured(runs, metrics.NOISE[0]), configured_metrics(runs), measured(runs, CURVATURE[0]))
     columns = ["objective", *(f"{row} {key}" for row, key in chosen)]
     configs = configurations(runs, keys, columns, higher)
     objective = f"best {monitor}"

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from descent.data.base import ImageData, Index
+from descent.data.base import ImageData
 from descent.data.npz_cache import Cache
+from descent.data.steps import Index
 from descent.errors import is_whole, require
 
 log = logging.getLogger(__name__)

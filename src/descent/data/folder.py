@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from descent.data.base import ImageData, Index
+from descent.data.base import ImageData
+from descent.data.steps import Index
 from descent.errors import DescentError, is_whole, require
 
 log = logging.getLogger(__name__)
