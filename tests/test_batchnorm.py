@@ -128,6 +128,27 @@ def test_statistics_are_those_of_the_whole_training_set_at_the_evaluated_weights
     torch.testing.assert_close(state["net.blocks.0.bn1.running_var"], var, rtol=1e-9, atol=1e-10)
 
 
+def test_under_bfloat16_autocast_the_statistics_are_those_of_the_training_set_to_its_precision(
+    make_cfg, tmp_path: Path
+) -> None:
+    """experiment=fashion_mnist_resnet trains under trainer.precision=bf16-mixed: the stem's output is bfloat16
+    there (about 3 significant digits), and the recomputed statistics still match float64's to that precision."""
+    cfg = make_cfg("logger=none", "trainer.precision=bf16-mixed", *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
+    result = train(cfg)
+    assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    data, model = build(cfg)
+    images, _ = data.sets["train"]
+    stem = model.net.stem.double()
+    stem.weight.data = state["net.stem.weight"].double()
+    with torch.no_grad():
+        out = stem(images.normalised().double())
+    var = out.transpose(0, 1).flatten(1).var(1)
+    mean_error = (state["net.blocks.0.bn1.running_mean"].double() - out.mean((0, 2, 3))).abs() / var.sqrt()
+    assert mean_error.max() < 1e-2, mean_error
+    torch.testing.assert_close(state["net.blocks.0.bn1.running_var"].double(), var, rtol=2e-2, atol=0)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "gd", "lbfgs"])
 def test_the_resnet_trains_with_sgd_gd_and_lbfgs(make_cfg, optimizer: str) -> None:
     """Two epochs on the small learnable set: the training loss falls, every figure is finite."""

@@ -315,7 +315,7 @@ def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) ->
         composed = compose("train", overrides=["experiment=fashion_mnist_resnet"])
     assert composed.data.dataset == "FashionMNIST" and dict(composed.data.augment) == {"crop_padding": 2, "flip": True}
     assert composed.model.net._target_ == "descent.nets.ResNet"
-    assert (composed.model.net.depth, composed.model.net.width, composed.model.norm_batch_size) == (8, 16, 32)
+    assert (composed.model.net.depth, composed.model.net.width, composed.model.norm_batch_size) == (8, 32, 32)
     assert {key: composed.optimizer[key] for key in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.1,
         "momentum": 0.9,
@@ -323,6 +323,7 @@ def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) ->
     }
     assert composed.scheduler.T_max == composed.max_epochs == 30 and composed.batch_size == 128
     assert composed.trainer.check_val_every_n_epoch == 10 and composed.model.loss.label_smoothing == 0.1
+    assert composed.trainer.precision == "bf16-mixed" and composed.chunk_size == 512
     cfg = make_cfg("experiment=fashion_mnist_resnet")
     cfg.data.system_dir = None  # the test's own files
     check_config(cfg)
