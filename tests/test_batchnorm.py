@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import ROOT, environment, run
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from descent.batchnorm import GhostBatchNorm, ghost_batch_norm, mixing_module
@@ -111,18 +112,24 @@ def test_sgd_figures_do_not_depend_on_chunk_size(make_cfg, tmp_path: Path, net: 
             torch.testing.assert_close(state[name], value, rtol=0, atol=1e-10, msg=name)
 
 
+def stem_output_at_last_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Tensor], Tensor]:
+    """last.ckpt's state, and the output of its ResNet's stem (the first BatchNorm's input) over every training
+    sample, in float64."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    data, model = build(cfg)
+    images, _ = data.sets["train"]
+    stem = model.net.stem.double()
+    stem.weight.data = state["net.stem.weight"].double()
+    with torch.no_grad():
+        return state, stem(images.normalised().double())
+
+
 def test_statistics_are_those_of_the_whole_training_set_at_the_evaluated_weights(make_cfg, tmp_path: Path) -> None:
     """The first BatchNorm's input is the stem's output: its recomputed running mean and variance are the mean and
     unbiased variance of that output over every training sample, with the weights of the evaluated epoch."""
     cfg = make_cfg(*FLOAT64, *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
     train(cfg)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    data, model = build(cfg)
-    images, _ = data.sets["train"]
-    stem = model.net.stem.double()
-    stem.weight.data = state["net.stem.weight"]
-    with torch.no_grad():
-        out = stem(images.normalised().double())
+    state, out = stem_output_at_last_checkpoint(cfg, tmp_path / "run")
     torch.testing.assert_close(state["net.blocks.0.bn1.running_mean"], out.mean((0, 2, 3)), rtol=0, atol=1e-10)
     var = out.transpose(0, 1).flatten(1).var(1)
     torch.testing.assert_close(state["net.blocks.0.bn1.running_var"], var, rtol=1e-9, atol=1e-10)
@@ -136,13 +143,7 @@ def test_under_bfloat16_autocast_the_statistics_are_those_of_the_training_set_to
     cfg = make_cfg("logger=none", "trainer.precision=bf16-mixed", *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
     result = train(cfg)
     assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    data, model = build(cfg)
-    images, _ = data.sets["train"]
-    stem = model.net.stem.double()
-    stem.weight.data = state["net.stem.weight"].double()
-    with torch.no_grad():
-        out = stem(images.normalised().double())
+    state, out = stem_output_at_last_checkpoint(cfg, tmp_path / "run")
     var = out.transpose(0, 1).flatten(1).var(1)
     mean_error = (state["net.blocks.0.bn1.running_mean"].double() - out.mean((0, 2, 3))).abs() / var.sqrt()
     assert mean_error.max() < 1e-2, mean_error
