@@ -3,6 +3,7 @@ a refusal, before training, of any other layer that mixes the samples of a batch
 chunks and under DDP is in test_gd_exact.py."""
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -186,9 +187,22 @@ def test_a_layer_that_mixes_samples_is_refused_in_one_line_before_training(idx_d
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert (
         lines[0].startswith("error: model.net.2 (CentredOnTheBatch) mixes the samples")
-        and "chunk_size=full" in lines[0]
+        and "chunk_size=500 on one device" in lines[0]  # the 500 training samples: the largest set
     )
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_remedy_of_the_refusal_works_when_followed_on_a_subset_smaller_than_the_test_set(make_cfg) -> None:
+    """100 training samples, 200 test images: one pass needs chunks of 200, which the message says and which
+    are then not cut down to the training set's size."""
+    cfg = make_cfg("logger=none", "max_epochs=1", "optimizer=gd", "data.train_size=100", "chunk_size=64")
+    cfg.model.net = {"_target_": "test_batchnorm.MixingMLP"}
+    with pytest.raises(DescentError) as refused:
+        train(cfg)
+    remedy = re.search(r"chunk_size=(\d+) on one device", str(refused.value))
+    assert remedy is not None and remedy.group(1) == "200", str(refused.value)
+    cfg.chunk_size = int(remedy.group(1))
+    assert len(train(cfg)["history"]) == 1
 
 
 def test_the_same_layer_is_accepted_when_every_step_and_set_is_one_forward_pass(make_cfg) -> None:

@@ -223,12 +223,22 @@ def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str, mo
 
 @pytest.mark.parametrize(
     ("monitor", "metrics"),
-    [("test/accuracy", "none"), ("val/macro_f1", "none"), ("valid/error", "none"), ("val/f1", "[macro_f1]")],
+    [("val/accuracy", "none"), ("val/macro_f1", "none"), ("valid/error", "none"), ("val/f1", "[macro_f1]")],
 )
 def test_monitor_must_be_a_figure_with_a_direction(make_cfg, monitor: str, metrics: str) -> None:
     allowed = "train/loss, train/error, train/acc"
     with pytest.raises(DescentError, match=f"monitor='{monitor}' is not allowed: .* {allowed}"):
         check_config(make_cfg(f"monitor={monitor}", f"metrics={metrics}"))
+
+
+@pytest.mark.parametrize(("monitor", "metrics"), [("test/acc", "none"), ("test/macro_f1", "[macro_f1]")])
+def test_a_test_set_figure_is_refused_as_monitor_naming_its_validation_twin(
+    make_cfg, monitor: str, metrics: str
+) -> None:
+    twin = monitor.replace("test/", "val/")
+    with pytest.raises(DescentError, match=f"monitor='{monitor}' selects on the test set.*monitor={twin}$"):
+        check_config(make_cfg(f"monitor={monitor}", f"metrics={metrics}"))
+    check_config(make_cfg(f"monitor={twin}", f"metrics={metrics}"))  # the remedy is accepted
 
 
 def test_a_metric_whose_class_states_no_direction_cannot_be_monitor(make_cfg) -> None:

@@ -48,7 +48,8 @@ BAD_SETTINGS = [
     ("model=mlp", "optimizer.weight_decay=inf", "optimizer.weight_decay=inf is not allowed"),
     ("model=mlp", "model.net.dropout=nan", "model.net.dropout=nan is not allowed"),
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
-    ("model=mlp", "monitor=test/accuracy", "monitor='test/accuracy' is not allowed"),
+    ("model=mlp", "monitor=val/accuracy", "monitor='val/accuracy' is not allowed"),
+    ("model=mlp", "monitor=test/acc", "monitor='test/acc' selects on the test set"),
 ]
 
 

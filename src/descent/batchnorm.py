@@ -198,9 +198,10 @@ def mixing_module(net: nn.Module, input_shape: tuple[int, ...], training: bool) 
         net.load_state_dict(state)
 
 
-def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: bool) -> None:
+def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: bool, one_pass_chunk: int) -> None:
     """Refuse, before training, a network whose samples influence each other in a way descent cannot make
-    independent of chunk_size, unless `one_pass` (each step and each evaluated set is one forward on one rank)."""
+    independent of chunk_size, unless `one_pass` (each step and each evaluated set is one forward on one rank);
+    `one_pass_chunk` is the chunk_size that makes it so (the larger of a step and the largest set)."""
     for training, when in ((True, "training"), (False, "evaluation")):
         name = mixing_module(net, input_shape, training)
         if name is not None and not one_pass:
@@ -208,5 +209,5 @@ def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: 
                 f"{name} mixes the samples of a forward pass in {when} mode (not as nn.BatchNorm, which "
                 "descent normalises in fixed groups of model.norm_batch_size), so the figures would depend on "
                 "chunk_size and the number of devices; use nn.BatchNorm1d/2d/3d or a per-sample layer (GroupNorm, "
-                "LayerNorm), or chunk_size=full on one device"
+                f"LayerNorm), or chunk_size={one_pass_chunk} on one device (each step and each set in one pass)"
             )

@@ -47,7 +47,14 @@ def monitor_mode(monitor: str, metric_nodes: Mapping[str, Any] | None) -> str:
 def check_monitor(monitor: str, metric_nodes: Mapping[str, Any] | None) -> None:
     """`monitor` names a figure of an evaluated set whose direction is known."""
     names = [*LOWER_IS_BETTER, *HIGHER_IS_BETTER, *(metric_nodes or {})]
-    choices = ", ".join(f"{stage}/{name}" for stage in EVAL_SETS for name in names)
+    name = monitor.partition("/")[2]
+    # The test set is held out: a best epoch, an early stop or a search chosen on it leaves no unbiased estimate.
+    require(
+        not monitor.startswith("test/"),
+        f"monitor={monitor!r} selects on the test set, whose figures would then estimate nothing: monitor the "
+        f"validation figure instead, monitor=val/{name if name in names else 'error'}",
+    )
+    choices = ", ".join(f"{stage}/{name}" for stage in EVAL_SETS if stage != "test" for name in names)
     require(
         higher_is_better(monitor, metric_nodes) is not None,
         f"monitor={monitor!r} is not allowed: choose the best epoch (and a sweep's objective) by one of {choices} "

@@ -121,8 +121,9 @@ def check_batch_coupling(data: ImageData, model: Classifier, world_size: int) ->
     """Before training: refuse a network whose samples mix in a way chunks would change; say how BatchNorm's groups
     meet the chunk size."""
     largest_set = max(len(y) for _, y in data.sets.values())
-    one_pass = world_size == 1 and data.samples_per_chunk >= max(data.samples_per_step, largest_set)
-    check_samples_apart(model.net, data.input_shape, one_pass)
+    one_pass_chunk = max(data.samples_per_step, largest_set)
+    one_pass = world_size == 1 and data.samples_per_chunk >= one_pass_chunk
+    check_samples_apart(model.net, data.input_shape, one_pass, one_pass_chunk)
     group = data.samples_per_group
     if group > 1 and data.samples_per_chunk % group:
         held = max(group, data.samples_per_chunk // group * group)

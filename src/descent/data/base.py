@@ -205,8 +205,11 @@ class ImageData(LightningDataModule):
         self.num_train = len(train)
         # B and the chunk size, resolved here so that a bad size fails before a Trainer exists.
         self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
-        chunk_size = min(self.chunk_size, self.num_train) if is_whole(self.chunk_size) else self.chunk_size
-        self.samples_per_chunk = parse_size(chunk_size, self.num_train, "chunk_size")
+        # A chunk is also what the evaluation reads at once: `full` (and any larger size) is the largest set, so
+        # that one chunk is one pass over each set, the test set included when it is larger than a subset.
+        largest = max(len(y) for y in labels)
+        chunk_size = min(self.chunk_size, largest) if is_whole(self.chunk_size) else self.chunk_size
+        self.samples_per_chunk = parse_size(chunk_size, largest, "chunk_size")
 
     chunks_in_flight = 4
     """Chunks of a streamed set held at once (being read ahead, moved, computed on): its memory plan's share."""
