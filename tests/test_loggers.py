@@ -3,6 +3,7 @@ figures of metrics.json, read back with each library's own reader; MLflow's UI r
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import scalars
+from helpers import ROOT, run, scalars, small
 
 from descent.training import train
 
@@ -140,3 +141,66 @@ def test_mlflow_ui_shows_the_run_in_a_real_browser(make_cfg, tmp_path: Path) -> 
     assert str(cfg.run_dir) not in served  # the served page is an empty shell: its script draws the run
     assert str(cfg.run_dir) in shown.stdout  # the run's name, rendered by MLflow's own JavaScript
     assert "val/error" in shown.stdout  # and its figures' names
+
+
+def test_a_new_mlflow_store_leaves_logging_as_it_was(make_cfg, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """Creating a SQLite store runs alembic's logging.config.fileConfig: the root logger's level and handlers (Hydra's
+    console and train.log) and other loggers' settings stay as they were, the file handler keeps writing, and no
+    migration line reaches the console."""
+    root, descent = logging.getLogger(), logging.getLogger("descent")
+    log_file = logging.FileHandler(tmp_path / "train.log")  # as Hydra's job logging has it
+    level_before, descent_level_before = root.level, descent.level
+    root.addHandler(log_file)
+    root.setLevel(logging.INFO)
+    descent.setLevel(logging.DEBUG)
+    kept = (root.level, list(root.handlers), descent.level, descent.propagate, descent.disabled)
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        train(make_cfg("logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}"))
+        assert (root.level, root.handlers, descent.level, descent.propagate, descent.disabled) == kept
+    finally:
+        root.removeHandler(log_file)
+        log_file.close()
+        root.setLevel(level_before)
+        descent.setLevel(descent_level_before)
+    written = (tmp_path / "train.log").read_text()
+    assert "epoch 1 " in written and "epoch 2 " in written and "final (epoch 2)" in written
+    out, err = capfd.readouterr()
+    assert "alembic" not in out + err and "database tables" not in out + err
+
+
+def test_mlflow_and_wandb_name_runs_by_their_dir_under_logs_and_leave_no_mlruns(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep job's run is told apart by its name as TensorBoard shows it (`tensorboard --logdir logs`), not by an
+    absolute path that starts the same for every run; the artifacts go under logs/, not into a new ./mlruns."""
+    monkeypatch.chdir(tmp_path)  # where train.py starts: logs/ is under it
+    (tmp_path / "logs").mkdir()
+    uri = f"sqlite:///{tmp_path / 'logs' / 'mlflow.db'}"
+    run_dir = tmp_path / "logs" / "train" / "multiruns" / "2026-01-02_03-04-05_678901" / "optimizer:gd"
+    train(make_cfg("logger=[mlflow,wandb]", f"logger.mlflow.tracking_uri={uri}", "max_epochs=1", run_dir=run_dir))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["logs"]  # no mlruns/ where train.py started
+
+    name = "train/multiruns/2026-01-02_03-04-05_678901/optimizer:gd"
+    client, run = mlflow_run(uri)
+    assert run.info.run_name == name
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert Path(experiment.artifact_location) == tmp_path / "logs" / "mlruns"
+    assert run.info.artifact_uri == f"{tmp_path}/logs/mlruns/{run.info.run_id}/artifacts"
+    (run_record,) = [record.run for record in wandb_records(run_dir) if record.WhichOneof("record_type") == "run"]
+    assert run_record.display_name == name
+
+
+@pytest.mark.slow
+def test_a_first_run_on_a_fresh_mlflow_store_keeps_hydras_console_and_train_log(idx_dir: Path, tmp_path: Path) -> None:
+    """The README's command, where Hydra configures the logging that a new store's migrations used to replace:
+    train.log and the console hold every epoch's line and the final table, and no migration line shows."""
+    done = run(str(ROOT / "src" / "train.py"), "logger=[tensorboard,mlflow]", *small(idx_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    log = (run_dir / "train.log").read_text()
+    for line in ("FashionMNIST: 600 training", "epoch 1 ", "epoch 2 ", "final (epoch 2)", "best (epoch 2)"):
+        assert line in log and line in done.stdout, line
+    assert "alembic" not in done.stderr and "database tables" not in done.stderr + done.stdout
+    assert len(json.loads((run_dir / "metrics.json").read_text())["history"]) == 2
+    assert (tmp_path / "logs" / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()

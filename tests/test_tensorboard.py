@@ -1,6 +1,7 @@
 """What TensorBoard shows of a run, read back with TensorBoard's own reader."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -45,18 +46,52 @@ def test_hparams_tab_lists_the_settings_with_real_final_and_best_figures(make_cf
             assert events.Scalars(tag)[-1].value == pytest.approx(result[label][key], rel=1e-6)
 
 
-def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg("max_epochs=1"))
-    events = read_events(tmp_path / "run")
+def custom_charts(run_dir: Path) -> dict[str, dict[str, list[str]]]:
+    """The CUSTOM SCALARS layout a run wrote: each section's charts and their tags."""
+    events = read_events(run_dir)
     (tag,) = events.PluginTagToContent("custom_scalars")
     layout = layout_pb2.Layout.FromString(events.Tensors(tag)[0].tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert charts == {
-        "loss": ["train/loss", "val/loss", "test/loss"],
-        "error": ["train/error", "val/error", "test/error"],
-        "sharpness against 2 / lr": ["curvature/sharpness", "curvature/2_over_lr"],
-        "gradient norm of each layer": ["flow/grad_norm/.*"],
+    return {
+        category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+        for category in layout.category
     }
+
+
+def test_custom_scalars_put_train_and_test_in_one_chart(make_cfg, tmp_path: Path) -> None:
+    """And nothing else in a run that measures neither curvature nor gradient flow: no section of empty charts."""
+    train(make_cfg("max_epochs=1"))
+    assert custom_charts(tmp_path / "run") == {
+        "train against test": {
+            "loss": ["train/loss", "val/loss", "test/loss"],
+            "error": ["train/error", "val/error", "test/error"],
+        }
+    }
+
+
+SHARPNESS_CHART = {"sharpness against 2 / lr": ["curvature/sharpness", "curvature/2_over_lr"]}
+FLOW_CHART = {"gradient norm of each layer": ["flow/grad_norm/.*"]}
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [
+        (["curvature.enabled=true", "curvature.iterations=3"], SHARPNESS_CHART),
+        (["gradient_flow.enabled=true"], FLOW_CHART),
+        (["curvature.enabled=true", "curvature.iterations=3", "gradient_flow.enabled=true"],
+         SHARPNESS_CHART | FLOW_CHART),
+    ],
+    ids=["curvature", "gradient_flow", "both"],
+)  # fmt: skip
+def test_custom_scalars_chart_curvature_and_gradient_flow_only_when_measured(
+    make_cfg, tmp_path: Path, measured: list[str], expected: dict[str, list[str]]
+) -> None:
+    train(make_cfg("max_epochs=1", *measured))
+    charts = custom_charts(tmp_path / "run")
+    assert list(charts) == ["train against test", "curvature and gradient flow"]
+    assert charts["curvature and gradient flow"] == expected
+    logged = read_events(tmp_path / "run").Tags()["scalars"]
+    for tags in expected.values():  # every chart shown matches tags the run wrote
+        assert all(any(re.fullmatch(tag, name) for name in logged) for tag in tags)
 
 
 def test_misclassified_images_every_n_epochs_and_a_confusion_matrix_at_the_end(make_cfg, tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """The run's loggers from the config's `logger` node, one per name (logger=[tensorboard,mlflow]): built, given the
 run's settings, and closed."""
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +15,92 @@ from omegaconf import DictConfig, OmegaConf
 from descent.checkpoints import load, newest_checkpoint
 from descent.tensorboard import purge_step
 
+MLFLOW = "lightning.pytorch.loggers.MLFlowLogger"
+RUN_NAMES = {MLFLOW: "run_name", "lightning.pytorch.loggers.WandbLogger": "name"}
+"""The setting that names a run in each logger's list; left null, `run_name` fills it."""
+
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Every `logger.<name>` (logger=[tensorboard,mlflow]); TensorBoard's, on resume=, drops the points the resumed
-    run writes again."""
+    run writes again; MLflow's and W&B's runs named as TensorBoard names them (`run_name`)."""
     loggers = []
     newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
     for node in (cfg.get("logger") or {}).values():
         if not node:
             continue
-        resumed = newest is not None and node.get("_target_") == "descent.tensorboard.Logger"
-        loggers.append(instantiate(node, **({"purge_step": purge_step(load(newest, mmap=True))} if resumed else {})))
+        target, settings = node.get("_target_"), {}
+        if newest is not None and target == "descent.tensorboard.Logger":
+            settings["purge_step"] = purge_step(load(newest, mmap=True))
+        if (key := RUN_NAMES.get(target)) and node.get(key) is None:
+            settings[key] = run_name(cfg.run_dir)
+        loggers.append(mlflow_logger(node, settings) if target == MLFLOW else instantiate(node, **settings))
     return loggers
+
+
+def run_name(run_dir: str) -> str:
+    """The run dir as `tensorboard --logdir logs` names it: relative to logs/ (train/runs/<time>, a sweep job's
+    train/multiruns/<time>/<overrides>), so that runs differ where their names start; elsewhere, the whole path."""
+    path, logs = Path(run_dir).absolute(), Path.cwd() / "logs"
+    return path.relative_to(logs).as_posix() if path.is_relative_to(logs) else str(path)
+
+
+def mlflow_logger(node: DictConfig, settings: dict[str, Any]) -> Logger:
+    """MLflow's logger, whose constructor opens its store (`logging_kept` says what a new one does to logging).
+
+    A SQLite store also makes its default artifact root, an empty ./mlruns, wherever train.py starts; the experiment
+    created for descent keeps its runs' artifacts beside the store instead (logs/mlruns/<run id>/artifacts, unless
+    `artifact_location` says where), and that empty dir goes again.
+    """
+    database = sqlite_file(node.get("tracking_uri"))
+    if database is not None and node.get("artifact_location") is None:
+        settings = settings | {"artifact_location": str(database.parent / "mlruns")}
+    default_root = Path("mlruns")  # MLflow's DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    made_here = not default_root.exists()
+    with logging_kept():
+        logger = instantiate(node, **settings)
+    if made_here and default_root.is_dir() and not any(default_root.iterdir()):
+        with contextlib.suppress(OSError):  # another process's store may be filling it now
+            default_root.rmdir()
+    return logger
+
+
+def sqlite_file(uri: str | None) -> Path | None:
+    """The absolute path of a SQLite store's file (sqlite:///logs/mlflow.db), or None for another store."""
+    if not uri or not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database).absolute() if database and database != ":memory:" else None
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Runs its body with records below WARNING off, and every logger's level, handlers, propagation and `disabled`
+    flag put back afterwards; file handlers closed meanwhile are opened again, appending.
+
+    Creating a new MLflow SQLite store runs alembic's migrations, whose env.py calls logging.config.fileConfig: it
+    closes every handler, and gives the root logger level WARNING and a stderr handler of its own in place of
+    Hydra's console and train.log handlers, for the rest of the run; the migrations then print about 45 lines.
+    """
+    manager = logging.Logger.manager
+    loggers = [logging.root, *(x for x in manager.loggerDict.values() if isinstance(x, logging.Logger))]
+    kept = [(x, x.level, list(x.handlers), x.propagate, x.disabled) for x in loggers]
+    files = {h for _, _, handlers, _, _ in kept for h in handlers if isinstance(h, logging.FileHandler) and h.stream}
+    disabled_below = manager.disable
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(disabled_below)
+        for logger, level, handlers, propagate, disabled in kept:
+            logger.setLevel(level)
+            logger.handlers = handlers
+            logger.propagate, logger.disabled = propagate, disabled
+        for handler in files:
+            if handler.stream is None:  # closed by fileConfig
+                handler.mode = "a"  # never "w": that would empty train.log of the lines before
+                handler.stream = handler._open()
 
 
 def log_settings(trainer: lightning.Trainer, cfg: DictConfig) -> None:

@@ -10,22 +10,29 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor
 
+from descent.curvature import GradientFlow, Sharpness
 from descent.data import EVAL_SETS, ImageData, set_chunks
 from descent.errors import is_whole, require
 from descent.metrics import final_and_best
 from descent.module import Classifier
 
-CHARTS = {
-    "train against test": {
-        name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")
-    },
-    "curvature and gradient flow": {
-        "sharpness against 2 / lr": ["Multiline", ["curvature/sharpness", "curvature/2_over_lr"]],
-        "gradient norm of each layer": ["Multiline", ["flow/grad_norm/.*"]],
-    },
+TRAIN_AGAINST_TEST = {name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")}
+"""Training, validation and test figures in one chart each: every run has them."""
+
+MEASURED_CHARTS = {
+    Sharpness: ("sharpness against 2 / lr", ["Multiline", ["curvature/sharpness", "curvature/2_over_lr"]]),
+    GradientFlow: ("gradient norm of each layer", ["Multiline", ["flow/grad_norm/.*"]]),
 }
-"""TensorBoard's CUSTOM SCALARS tab: training, validation and test figures in one chart each; the sharpness with
-the stability bound 2 / lr, and every layer's gradient norm (curvature.enabled, gradient_flow.enabled)."""
+"""The sharpness with the stability bound 2 / lr (curvature.enabled), every layer's gradient norm
+(gradient_flow.enabled): charted only by runs that measure them, since a chart of no tags shows empty."""
+
+
+def charts(callbacks: list[Callback]) -> dict[str, dict[str, list]]:
+    """TensorBoard's CUSTOM SCALARS tab: "train against test", and "curvature and gradient flow" with the charts of
+    what the run measures (its callbacks), if anything."""
+    measured = dict(chart for kind, chart in MEASURED_CHARTS.items() if any(isinstance(c, kind) for c in callbacks))
+    return {"train against test": TRAIN_AGAINST_TEST} | ({"curvature and gradient flow": measured} if measured else {})
+
 
 GRID_IMAGES = 32
 """Misclassified test images in each grid (the first ones in test-set order, so grids of epochs compare)."""
@@ -75,7 +82,7 @@ class TensorBoardTabs(Callback):
 
     def on_fit_start(self, trainer: lightning.Trainer, module: Classifier) -> None:
         if logger := self._logger(trainer):
-            logger.experiment.add_custom_scalars(CHARTS)
+            logger.experiment.add_custom_scalars(charts(trainer.callbacks))
 
     def on_before_optimizer_step(self, trainer: lightning.Trainer, module: Classifier, optimizer: Any) -> None:
         # A reference, not a copy: zero_grad(set_to_none=True) lets the next backward allocate fresh tensors,
