@@ -25,8 +25,13 @@ def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_
     assert "final (epoch 2)" in done.stderr + done.stdout
 
 
-def test_eval_reproduces_the_test_figures_of_a_checkpoint(idx_dir: Path, tmp_path: Path) -> None:
-    trained = run("src/train.py", *small(idx_dir), "logger=none", f"hydra.run.dir={tmp_path / 'train'}")
+def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(idx_dir: Path, tmp_path: Path) -> None:
+    """A float64 run evaluated in float64 (its figures to the last digits), and nothing but its one line said; in
+    another precision when asked, which it says."""
+    trained = run(
+        "src/train.py", *small(idx_dir), "logger=none", "trainer.precision=64-true",
+        f"hydra.run.dir={tmp_path / 'train'}",
+    )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     final = json.loads((tmp_path / "train" / "metrics.json").read_text())["final"]
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
@@ -34,7 +39,13 @@ def test_eval_reproduces_the_test_figures_of_a_checkpoint(idx_dir: Path, tmp_pat
     assert done.returncode == 0, done.stderr
     figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/loss", "test/error", "train/loss", "val/error"):
-        assert figures[key] == pytest.approx(final[key], rel=1e-6)
+        assert figures[key] == pytest.approx(final[key], rel=1e-12, abs=1e-15)
+    assert done.stderr == ""  # no warnings of Lightning's about callbacks or checkpoint dirs
+    said = [line.split(" - ", 1)[1] for line in done.stdout.splitlines()]
+    assert said[-1].startswith(f"{ckpt}: test loss") and not any("precision" in line for line in said)
+    done = run("src/eval.py", f"ckpt_path={ckpt}", "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'e32'}")
+    assert done.returncode == 0, done.stderr
+    assert "evaluating in trainer.precision=32-true; the run trained in 64-true" in done.stdout
 
 
 def test_sweep_over_optimizer_and_batch_size_leaves_one_run_each(idx_dir: Path, tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ a later one, in a step or in the evaluation), or killed between periodic checkpo
 
 import csv
 import json
+import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 from helpers import events, finish, start, wait_for
@@ -87,6 +90,45 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step(
     assert newest_checkpoint(stopped) == stopped / "checkpoints" / "interrupted.ckpt"
     resume(make_cfg, stopped)
     assert_same_run(stopped, straight)
+
+
+class SlowSteps(lightning.Callback):
+    """Every optimizer step takes at least `seconds` more: a floor under the training time that a test can count."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: object) -> None:
+        time.sleep(self.seconds)
+
+
+def test_a_resumed_epochs_training_time_and_progress_rate_count_the_steps_as_they_were_taken(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped after 9 of epoch 1's 16 steps, each at least 20 ms: the resumed run's epoch 1 took at least the 16
+    steps' 0.32 s (the steps before the stop included), epoch 2 as much again, and the progress line's rate is that
+    of the steps taken since the resume (at most 32 samples / 20 ms; a step here takes well under a second)."""
+    slow = ["+callbacks.slow._target_=test_resume.SlowSteps", "+callbacks.slow.seconds=0.02", "max_epochs=2",
+            "trainer.enable_progress_bar=false", "progress_every_minutes=1e-6"]  # fmt: skip
+    send = ["+callbacks.signal._target_=helpers.SendSignal", "+callbacks.signal.signal_name=SIGTERM",
+            "+callbacks.signal.hook=on_train_batch_start", "+callbacks.signal.epoch=0",
+            "+callbacks.signal.batch=9"]  # fmt: skip
+    straight = train(make_cfg(*RUN, *slow, run_dir=tmp_path / "straight"))["history"]
+    stopped = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        train(make_cfg(*RUN, *slow, *send, run_dir=stopped))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="descent.progress"):
+        cfg = resumed_config(make_cfg(*RUN, *slow, f"resume={stopped}", run_dir=stopped), [f"resume={stopped}"])
+        del cfg.callbacks["signal"]
+        resumed = train(cfg)["history"]
+    floor = 16 * 0.02
+    for history in (straight, resumed):
+        first, second = (row["time/train_s"] for row in history)
+        assert first >= floor and second - first >= floor, history
+    assert resumed[0]["time/train_s"] <= 2 * straight[0]["time/train_s"] + 0.5  # not counted twice either
+    rates = [float(m) for m in re.findall(r"step \d+ of 16 \(\d+%\), (\d+) samples/s", caplog.text)]
+    assert rates and all(32 / 1.0 <= rate <= 32 / 0.02 for rate in rates), caplog.text
 
 
 SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
@@ -172,3 +214,20 @@ def test_periodic_checkpoints_by_the_clock_are_written_within_the_epoch(make_cfg
     periodic = load(tmp_path / "run" / "checkpoints" / "periodic.ckpt")
     (loader,) = periodic["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert 1 <= periodic["global_step"] <= 16 and loader == {"epoch": 0, "steps_done": periodic["global_step"]}
+
+
+def test_a_float64_run_goes_on_in_float64(make_cfg, tmp_path: Path) -> None:
+    """The checkpoint's float64 weights reach the resumed module whole (not through float32): two epochs run as
+    one and one more equal two straight ones to float64's last digits."""
+    float64 = ["trainer.precision=64-true", "logger=none", "optimizer=momentum"]
+    straight = train(make_cfg(*float64, "max_epochs=2", run_dir=tmp_path / "straight"))
+    first = tmp_path / "first"
+    train(make_cfg(*float64, "max_epochs=1", run_dir=first))
+    resumed = train(
+        resumed_config(make_cfg(*float64, "max_epochs=2", f"resume={first}"), [f"resume={first}", "max_epochs=2"])
+    )
+    assert resumed["final"]["test/loss"] == pytest.approx(straight["final"]["test/loss"], rel=1e-13)
+    got, expected = (load(d / "checkpoints" / "last.ckpt")["state_dict"] for d in (first, tmp_path / "straight"))
+    for name, value in expected.items():
+        assert got[name].dtype == torch.float64
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-13, msg=name)

@@ -25,7 +25,8 @@ from descent.checkpoints import rebuild_schedule
 from descent.data import EVAL_SETS, Chunk, set_chunks
 from descent.errors import require
 from descent.schedules import follows_figures, with_warmup
-from descent.stepping import Diverged, take_step
+from descent.stepping import take_step
+from descent.stopping import Diverged
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,21 @@ class Classifier(LightningModule):
         self.samples_evaluated += evaluations * round(divisor * self.trainer.world_size)
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
             self.log(metrics.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
+            # Its x-axis, given: Lightning would add its own 0-based "epoch" figure to the loggers at this step.
+            self.log("step", float(self.global_step), on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is not None:  # resume=: the schedule, for this config's max_epochs
             rebuild_schedule(self.trainer, self.schedule, self.current_epoch)
+        self.clock = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self) -> None:
         self.clock = time.perf_counter()
+
+    @property
+    def seconds_trained(self) -> float:
+        """Training time so far, the running epoch's included: what a checkpoint keeps, mid-epoch too."""
+        return self.train_seconds + (time.perf_counter() - self.clock if self.clock is not None else 0.0)
 
     def stop_clock(self) -> None:
         """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
@@ -252,6 +261,7 @@ class Classifier(LightningModule):
         self.extra_figures = {}
         self.history.append({"epoch": epoch, **figures})
         self.log_dict(figures)
+        self.log("epoch", float(epoch))  # counted from 1 in every logger, as in every line and in metrics.json
         self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
         if self.trainer.is_global_zero:
             log.info(metrics.epoch_line(self.history[-1]))
@@ -263,8 +273,11 @@ class Classifier(LightningModule):
         self.rng_at_step_start = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        kept = ("history", "samples_seen", "samples_evaluated", "train_seconds")
-        checkpoint["descent"] = {key: getattr(self, key) for key in kept}
+        kept = ("history", "samples_seen", "samples_evaluated")
+        checkpoint["descent"] = {key: getattr(self, key) for key in kept} | {"train_seconds": self.seconds_trained}
+        # The epoch these weights belong to, counted from 1 as everywhere else in descent (Lightning's own resume
+        # reads its loop state, not this).
+        checkpoint["epoch"] = self.current_epoch + 1
         # The random state the next step starts from (a stop inside a step takes that step again): dropout's masks
         # of a resumed run are those the uninterrupted run drew.
         rng = self.rng_at_step_start

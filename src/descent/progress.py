@@ -34,11 +34,19 @@ class Throttled:
 
 
 class RichBar(Throttled, RichProgressBar):
-    """Lightning's RichProgressBar, fed at most every `refresh_s`."""
+    """Lightning's RichProgressBar, fed at most every `refresh_s`, its epochs counted from 1 as descent's lines."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+        return f"{description:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
 
 
 class TQDMBar(Throttled, TQDMProgressBar):
-    """Lightning's TQDMProgressBar, fed at most every `refresh_s`."""
+    """Lightning's TQDMProgressBar, fed at most every `refresh_s`, its epochs counted from 1 as descent's lines."""
+
+    def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
 
 def progress_bar(refresh_s: float = REFRESH_S) -> ProgressBar:
@@ -55,6 +63,9 @@ class ProgressLines(Callback):
     def __init__(self, every_minutes: float) -> None:
         self.every_s = 60 * every_minutes
         self.started, self.last, self.first = 0.0, 0.0, 0
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self.on_train_epoch_start(trainer, module)  # a run resumed mid-epoch gets no on_train_epoch_start for it
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         self.started = self.last = time.perf_counter()

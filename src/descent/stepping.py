@@ -6,10 +6,7 @@ with the weights of the last good step) and a SIGINT/SIGTERM is honoured (the we
 """
 
 import math
-import signal
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +18,12 @@ from torch import Tensor
 
 from descent.backprop import average_over_ranks, backpropagate
 from descent.data import Chunk
-from descent.errors import DescentError
+from descent.stopping import Diverged, Interrupted
 
 # `module` below is descent.module.Classifier, named by its base class: that module imports this one.
 
 CHECK_EVERY = 32
 """Steps between checks for a non-finite loss or a stop signal on an accelerator (every step on the CPU)."""
-
-
-class StoppedEarly(DescentError):
-    """Training stopped before max_epochs, at `epoch` (1-based, not finished) before optimizer step `step`."""
-
-    def __init__(self, epoch: int, step: int, message: str) -> None:
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
-
-class Diverged(StoppedEarly):
-    """The loss became NaN or infinite."""
-
-
-class Interrupted(StoppedEarly):
-    """SIGINT or SIGTERM arrived: exit as the signal's default action would (128 + its number)."""
-
-    label = "stopped"
-    stops_a_sweep = True
-
-    def __init__(self, epoch: int, step: int, message: str, signal_name: str) -> None:
-        super().__init__(epoch, step, message)
-        self.exit_code = 128 + signal.Signals[signal_name].value
 
 
 def accumulate(module: LightningModule, chunks: Sequence[Chunk]) -> Tensor:
@@ -169,26 +143,3 @@ class KeepWeightsOnLightningStop(Callback):
     def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self.stopped = interrupted(module)
-
-
-@contextmanager
-def stop_on_signals(module: LightningModule) -> Iterator[dict[int, Any]]:
-    """SIGINT, SIGTERM and SIGUSR1 (SLURM's warning ahead of a time limit) ask the module to stop before its next
-    optimizer step (a second SIGINT stops at once). Yields the handlers they had before (`descent.slurm.requeue`
-    hands SIGUSR1 on to submitit's)."""
-
-    def ask_to_stop(signum: int, frame: Any) -> None:
-        if module.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        module.stop_signal = signal.Signals(signum).name
-
-    if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
-        yield {}
-        return
-    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    previous = {number: signal.signal(number, ask_to_stop) for number in numbers}
-    try:
-        yield previous
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)

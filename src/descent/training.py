@@ -34,7 +34,8 @@ from descent.module import Classifier
 from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
-from descent.stepping import KeepWeightsOnLightningStop, StoppedEarly, stop_on_signals
+from descent.stepping import KeepWeightsOnLightningStop
+from descent.stopping import StoppedEarly, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,12 @@ def build_trainer(
     )
 
 
+def in_precision(model: Classifier, trainer: lightning.Trainer) -> None:
+    """The module in the run's precision (float64 under 64-true) before any checkpoint is loaded into it: Lightning
+    loads `ckpt_path` before it converts the module, which would round float64 weights to float32 on the way."""
+    trainer.precision_plugin.convert_module(model)
+
+
 def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     """The opt-in measurements at theta^k of every evaluated epoch: gradient noise, sharpness, gradient flow."""
     noise, curvature = cfg.get("noise") or {}, cfg.get("curvature") or {}
@@ -208,6 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor, mode)
     measured = measurements(cfg)
     trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
+    in_precision(model, trainer)
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
     if trainer.is_global_zero:
@@ -282,12 +290,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_cfg = OmegaConf.load(run_config)
     if cfg.data_dir is not None:
         run_cfg.data.data_dir = cfg.data_dir
+    trained_in = run_cfg.trainer.precision
     run_cfg.trainer, run_cfg.run_dir = cfg.trainer, cfg.run_dir  # the device is chosen now, not at training
+    if run_cfg.trainer.get("precision") is None:  # conf/eval.yaml: the run's own unless given
+        run_cfg.trainer.precision = trained_in
+    elif str(run_cfg.trainer.precision) != str(trained_in):
+        log.info("evaluating in trainer.precision=%s; the run trained in %s", run_cfg.trainer.precision, trained_in)
     check_config(run_cfg)
     quiet_lightning()
+    # Lightning's advice to pass the training callbacks along with ckpt_path is for going on training.
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
     data, model = build(run_cfg)
     check_fits(ckpt_path, model)
-    trainer = instantiate(trainer_settings(run_cfg.trainer), logger=False, plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(
+        trainer_settings(run_cfg.trainer), logger=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()]
+    )
+    in_precision(model, trainer)
     trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     figures = model.last_evaluation
     log.info(

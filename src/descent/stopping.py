@@ -1,0 +1,89 @@
+"""How a run stops early, and what a stop signal does in each phase of it: no torch, no Lightning.
+
+Before training starts (imports, data, set-up), SIGINT or SIGTERM stops the process at once: nothing is worth
+keeping yet. From the start of training, they ask the module to stop before its next optimizer step, whose weights
+are then saved (`descent.stepping.interrupted`); a second SIGINT stops at once. SIGUSR1 (SLURM's warning ahead of
+a time limit) does the same during training.
+"""
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from descent.errors import DescentError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_code(signal_name: str) -> int:
+    """What the signal's default action would exit with: 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signal.Signals[signal_name].value
+
+
+class SignalBeforeTraining(KeyboardInterrupt):
+    """SIGINT or SIGTERM before the first optimizer step: a KeyboardInterrupt (what Ctrl-C is to any Python code
+    in its way), which `descent.errors.exit_on_error` reports in one line, with nothing written."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class StoppedEarly(DescentError):
+    """Training stopped before max_epochs, at `epoch` (1-based, not finished) before optimizer step `step`."""
+
+    def __init__(self, epoch: int, step: int, message: str) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class Diverged(StoppedEarly):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(StoppedEarly):
+    """SIGINT or SIGTERM arrived in training: exit as the signal's default action would (128 + its number)."""
+
+    label = "stopped"
+    stops_a_sweep = True
+
+    def __init__(self, epoch: int, step: int, message: str, signal_name: str) -> None:
+        super().__init__(epoch, step, message)
+        self.exit_code = exit_code(signal_name)
+
+
+def stop_before_training() -> None:
+    """From now until training starts, SIGINT and SIGTERM end the process with one `stopped:` line (also where the
+    shell started it with SIGINT ignored, as `command &` does)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SignalBeforeTraining(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():  # signals can only be handled there
+        for number in STOP_SIGNALS:
+            signal.signal(number, stop)
+
+
+@contextmanager
+def stop_on_signals(module: Any) -> Iterator[dict[int, Any]]:
+    """SIGINT, SIGTERM and SIGUSR1 ask `module` (descent.module.Classifier) to stop before its next optimizer step
+    (a second SIGINT stops at once). Yields the handlers they had before (`descent.slurm.requeue` hands SIGUSR1 on
+    to submitit's)."""
+
+    def ask_to_stop(signum: int, frame: Any) -> None:
+        if module.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        module.stop_signal = signal.Signals(signum).name
+
+    if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
+        yield {}
+        return
+    numbers = (*STOP_SIGNALS, signal.SIGUSR1)
+    previous = {number: signal.signal(number, ask_to_stop) for number in numbers}
+    try:
+        yield previous
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
