@@ -68,6 +68,8 @@ def test_sweep_over_optimizer_and_batch_size_leaves_one_run_each(idx_dir: Path, 
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
         per_epoch = 1 if optimizer == "gd" else -(-500 // batch_size)  # ceil(N / B) for SGD
         assert scalars(run_dir)["progress/steps"] == [per_epoch, 2 * per_epoch]
+    said = done.stdout + done.stderr
+    assert f"sweep dir {tmp_path}: a run dir per job" in said and f"sweep dir {tmp_path}: summary.md" in said
 
 
 @pytest.mark.parametrize("swept", ["model.net.hidden=[16,8],[24]", "optimizer.lr=0.06,0.03"])
@@ -214,4 +216,9 @@ def test_a_runs_console_says_each_thing_once_and_nothing_of_lightnings_start_up(
     assert [line.split()[0] for line in said if line.startswith("epoch ")] == ["epoch", "epoch"]  # one a epoch
     assert said[0].startswith("MNIST: 600 training and 200 test images") or "FashionMNIST: 600" in said[0]
     assert any(line.startswith("memory on cpu:") for line in said)
-    assert [line.split()[0] for line in said[-3:]] == ["train", "final", "best"]  # the table, last
+    firsts = [(line.split() or [""])[0] for line in said[-6:]]
+    assert firsts == ["ended", "", "train", "final", "best", "run"]  # why it ended, the table, where it all is
+    assert (
+        said[-6] == "ended after max_epochs=2"
+        and said[-1] == f"run dir {tmp_path}: metrics.json, checkpoints/, train.log"
+    )

@@ -153,13 +153,17 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         f"{', '.join(RESUMABLE)} can (start a new run for other settings, or from these weights with ckpt_path=)",
     )
     done = len(load(last, mmap=True).get("descent", {}).get("history", []))
-    max_epochs = value(cfg, "max_epochs") if any(key == "max_epochs" for key in keys.values()) else resumed.max_epochs
+    given = [key for key in keys.values() if key in ("max_epochs", "trainer.max_epochs")]  # one setting
+    max_epochs = value(cfg, given[-1]) if given else resumed.max_epochs
     require(
         max_epochs > done,
         f"resume={run_dir}: the run has finished {done} epochs, so max_epochs={max_epochs} leaves nothing to do; "
         f"give max_epochs larger than {done} to train it longer",
     )
+    resumed.max_epochs = max_epochs
     for key in keys.values():
+        if key in ("max_epochs", "trainer.max_epochs"):
+            continue  # set above and below
         if key in ("trainer", "logger"):  # a group choice: take the command line's whole composed group
             resumed[key] = cfg[key]
         else:

@@ -106,7 +106,8 @@ def epoch_line(row: dict[str, float]) -> str:
     return (
         f"epoch {int(row['epoch'])}  train loss {row['train/loss']:.4f} err {100 * row['train/error']:.2f}%  "
         f"val err {100 * row['val/error']:.2f}% {configured} test loss {row['test/loss']:.4f} "
-        f"err {100 * row['test/error']:.2f}%  ({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s)"
+        f"err {100 * row['test/error']:.2f}%  ({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s, "
+        f"lr {row['progress/lr']:.4g})"
     )
 
 

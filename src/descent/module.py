@@ -181,6 +181,18 @@ class Classifier(LightningModule):
     def on_train_epoch_end(self) -> None:
         """After the epoch's evaluation (Lightning 2 evaluates before this hook): the next epoch's rate."""
         self.stop_clock()
+        epoch = self.current_epoch + 1
+        if self.trainer.is_global_zero and not (self.history and self.history[-1]["epoch"] == epoch):
+            every = self.trainer.check_val_every_n_epoch or 1
+            log.info(
+                "epoch %d of %d trained, not evaluated (trainer.check_val_every_n_epoch=%d): %d steps, %.1f s, lr %.4g",
+                epoch,
+                self.trainer.max_epochs,
+                every,
+                self.global_step,
+                self.train_seconds,
+                self.optimizers().param_groups[0]["lr"],
+            )
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return

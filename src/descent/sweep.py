@@ -7,6 +7,7 @@ made from `descent.metrics`. Configurations are runs with the same overrides but
 
 import csv
 import io
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -23,6 +24,8 @@ from descent.runs import Run, read_runs
 
 CURVATURE = ("curvature/sharpness", "curvature/2_over_lr")
 """The sharpness columns, shown when a run measured it (curvature.enabled=true)."""
+
+log = logging.getLogger(__name__)
 
 
 def shown(noise: bool = True, configured: list[str] | None = None, curvature: bool = False) -> list[tuple[str, str]]:
@@ -192,8 +195,12 @@ class Summary(Callback):
             replace_text(Path(hydra.runtime.output_dir) / "error.txt", message + "\n")
         write_summary(Path(hydra.sweep.dir))
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.info("sweep dir %s: a run dir per job, summary.md and summary.csv as each job ends", config.hydra.sweep.dir)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(Path(config.hydra.sweep.dir))
+        log.info("sweep dir %s: summary.md, summary.csv", config.hydra.sweep.dir)
 
 
 def summarise_stopped_sweep() -> None:

@@ -62,7 +62,7 @@ def quiet_lightning() -> None:
     run's own lines do not; its warnings still show (a GPU present but unused among them), but for those descent
     answers. Its own console handler goes too: under Hydra, its records reach the console and train.log once,
     through the root logger."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
@@ -203,8 +203,17 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def one_max_epochs(cfg: DictConfig) -> None:
+    """`trainer.max_epochs` (Lightning's flag, as its users type it) and `max_epochs` are one setting: the schedule,
+    the warm-up and the report all read `max_epochs`, so a trainer's own value becomes it."""
+    trainer = cfg.trainer
+    if "max_epochs" in trainer and not OmegaConf.is_interpolation(trainer, "max_epochs"):
+        cfg.max_epochs = trainer.max_epochs
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics."""
+    one_max_epochs(cfg)
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
     if cfg.seed is not None:
@@ -219,6 +228,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
     if trainer.is_global_zero:
+        log.info("run dir %s", run_dir)
         log_settings(trainer, cfg)
     if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
         log.info(
@@ -259,11 +269,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_logger_runs(trainer)
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
-    result = summarise(model, trainer, cfg)
+    result = summarise(model, trainer, cfg) | {"ended": why_it_ended(trainer, model.history[-1]["epoch"])}
     if trainer.is_global_zero:
         replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+        log.info("%s", result["ended"]["message"])
         log.info("\n%s", metrics.format_table(result))
+        log.info("run dir %s: metrics.json, checkpoints/, train.log", run_dir)
     return result
+
+
+def why_it_ended(trainer: lightning.Trainer, epoch: int) -> dict[str, Any]:
+    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, or an early-stopping callback."""
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch > 0:
+        reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
+    elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"
+    else:
+        reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
+    return {"reason": reason, "epoch": epoch, "step": trainer.global_step, "message": message}
 
 
 def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ that do not are returned as an `Images` reader (a memory-mapped file, an image f
 images on the device as they are needed.
 """
 
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +22,8 @@ from descent.errors import is_whole, require
 
 if TYPE_CHECKING:
     from descent.data.augment import Augment
+
+log = logging.getLogger(__name__)
 
 EVAL_SETS = monitor.EVAL_SETS
 """The sets evaluated after every epoch, in the order of `val_dataloader`."""
@@ -203,6 +206,15 @@ class ImageData(LightningDataModule):
         if self.augment is not None:
             self.augment.check(self.input_shape)
         self.num_train = len(train)
+        subset = f" of the {len(order) - self.val_size}" if self.train_size is not None else ""
+        log.info(
+            "training on %d%s samples%s, validating on %d, testing on %d",
+            self.num_train,
+            subset,
+            " (data.train_size)" if subset else "",
+            self.val_size,
+            len(y_test),
+        )
         # B and the chunk size, resolved here so that a bad size fails before a Trainer exists.
         self.samples_per_step = parse_size(self.batch_size, self.num_train, "batch_size")
         # A chunk is also what the evaluation reads at once: `full` (and any larger size) is the largest set, so
