@@ -6,7 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from descent.errors import check_group_options, exit_on_error
+from descent.command_line import check_arguments
+from descent.errors import exit_on_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -19,7 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 @exit_on_error
 def check_command_line() -> None:
-    check_group_options(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+    check_arguments(sys.argv[1:], Path(__file__), config_path="../conf", config_name="eval")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from descent import monitor  # noqa: F401  (registers ${monitor_mode:...} and ${monitor_direction:...})
-from descent.errors import check_group_options, exit_on_error
+from descent.command_line import check_arguments
+from descent.errors import exit_on_error
 from descent.multirun import job_dir_name
+from descent.stopping import stop_before_training
 
 OmegaConf.register_new_resolver("job_dir_name", job_dir_name)  # names a sweep's job dirs (conf/train.yaml)
+
+
+def in_its_own_run_dir(arguments: list[str]) -> list[str]:
+    """`resume=<run dir>` of a single run logs into that dir (its train.log goes on), not a new one; its .hydra/
+    keeps the command that started it."""
+    if any(arg in ("-m", "--multirun") or arg.startswith("hydra.run.dir=") for arg in arguments):
+        return []
+    resume = next((arg.partition("=")[2] for arg in arguments if arg.startswith("resume=")), "")
+    if not resume or not (Path(resume) / "config.yaml").is_file():  # resumed_config says why, in a new run dir
+        return []
+    return [f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
 
 
 def summarise_stopped_sweep() -> None:
@@ -39,9 +52,11 @@ def main(cfg: DictConfig) -> float:
 
 @exit_on_error
 def check_command_line() -> None:
-    check_group_options(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+    check_arguments(sys.argv[1:], Path(__file__), config_path="../conf", config_name="train")
 
 
 if __name__ == "__main__":
+    stop_before_training()
     check_command_line()
-    main()
+    sys.argv += in_its_own_run_dir(sys.argv[1:])
+    exit_on_error(main)()  # a stop signal while Hydra composes the config, too

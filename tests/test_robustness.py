@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import digest, events, finish, run, small, start, wait_for
+from helpers import ROOT, digest, events, finish, run, small, start, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -187,7 +187,7 @@ def test_a_diverging_run_stops_at_once_keeps_the_last_good_checkpoint_and_says_s
     assert metrics["stopped"]["reason"] == "diverged" and metrics["stopped"]["epoch"] == 2
     assert [row["epoch"] for row in metrics["history"]] == [1]
     last = load(run_dir / "checkpoints" / "last.ckpt")
-    assert last["epoch"] == 0  # Lightning counts from 0: the end of epoch 1
+    assert last["epoch"] == 1  # the end of epoch 1, counted from 1 as every line of descent's
     assert all(torch.isfinite(tensor).all() for tensor in last["state_dict"].values())
 
 
@@ -274,14 +274,20 @@ def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(idx_dir: P
 
 @pytest.mark.slow
 def test_the_runs_own_command_with_resume_appended_goes_on(idx_dir: Path, tmp_path: Path) -> None:
-    """Up-arrow, append resume=: the overrides repeat the run's own values, which are not changes."""
-    command = ["src/train.py", *small(idx_dir), "data=fashion_mnist", "seed=0", "optimizer=sgd", "batch_size=64"]
-    first = run(*command[:-1], "max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    """Up-arrow, append resume=: the overrides repeat the run's own values, which are not changes. The resumed
+    epochs log into the run's own train.log, and no other run dir appears (started where logs/ is made)."""
+    command = [str(ROOT / "src/train.py"), *small(idx_dir), "data=fashion_mnist", "seed=0", "optimizer=sgd"]
+    first = run(*command, "max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
     assert first.returncode == 0, first.stderr
-    again = run(*command, f"resume={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'again'}")
+    started_with = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    again = run(*command, "batch_size=64", f"resume={tmp_path / 'run'}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("epoch 1 ") == 1 and log.count("epoch 2 ") == 1 and "final (epoch 2)" in log
+    assert not (tmp_path / "logs").exists()
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text() == started_with
 
 
 def test_resume_with_more_epochs_goes_on_in_the_same_dir(make_cfg, tmp_path: Path) -> None:

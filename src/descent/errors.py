@@ -1,9 +1,13 @@
 """One exception for every mistake a user can fix, and the one-line report of it."""
 
 import functools
+import logging
 import math
 import os
+import shutil
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -42,9 +46,13 @@ def exit_on_error(main: Callable[P, R] | None = None, *, when_a_sweep_stops: Cal
                 if isinstance(error.__cause__, DescentError):
                     raise error.__cause__ from None
                 raise
-        except KeyboardInterrupt:  # Ctrl-C before training started (after, the run saves its weights and says so)
-            print("stopped: SIGINT before training started; no checkpoint or metrics were written", file=sys.stderr)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as stop:  # before training started (after, the run saves its weights, says so)
+            name = getattr(stop, "signal_name", "SIGINT")  # SIGTERM too: descent.stopping.stop_before_training
+            print(f"stopped: {name} before training started; no checkpoint or metrics were written", file=sys.stderr)
+            if in_multirun() and when_a_sweep_stops is not None:
+                when_a_sweep_stops()
+            remove_unused_run_dir()
+            raise SystemExit(128 + signal.Signals[name].value) from None
         except DescentError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -53,33 +61,32 @@ def exit_on_error(main: Callable[P, R] | None = None, *, when_a_sweep_stops: Cal
                 raise
             if in_multirun() and when_a_sweep_stops is not None:
                 when_a_sweep_stops()
+            remove_unused_run_dir()
             raise SystemExit(error.exit_code) from None
 
     return wrapper
 
 
-def check_group_options(overrides: list[str], conf: Path) -> None:
-    """Refuse `group=option` overrides naming an option that `conf/<group>/` does not have, in one line.
+STARTED = time.time()
+"""When this process imported descent's entry point: a file modified since was written by it."""
 
-    Hydra's own message for it spans a dozen lines, the config search path among them. Multirun lists
-    (`optimizer=gd,nope`) and lists of options (`callbacks=[a,b]`) are checked option by option.
-    """
-    searchpath = [item.partition("=")[2].strip("[]") for item in overrides if item.startswith("hydra.searchpath=")]
-    roots = [conf, *(Path(entry.strip()[len("file://") :]) for entry in ",".join(searchpath).split(",") if entry)]
-    if any(not entry.strip().startswith("file://") for entry in ",".join(searchpath).split(",") if entry):
-        return  # a package on the search path: its options cannot be listed here, Hydra will say
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        groups = [root / key for root in roots if (root / key).is_dir()]
-        if not sep or key.startswith("hydra") or not groups or value in ("", "null"):
-            continue
-        options = sorted({path.stem for group in groups for path in group.glob("*.yaml")})
-        for option in value.strip("[]").split(","):
-            require(
-                option.strip() in options,
-                f"{key}={option.strip()} is not an option of {key}: choose one of {', '.join(options)} "
-                f"(the files in conf/{key}/)",
-            )
+
+def remove_unused_run_dir() -> None:
+    """A single run refused or stopped before it kept anything leaves no run dir (TensorBoard would list an empty
+    run): Hydra's run dir goes when it holds no checkpoint and no metrics.json and every file in it was written by
+    this process (a pinned dir that held an earlier run, or a resumed run's own, stays as it is)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    files = [path for path in run_dir.rglob("*") if path.is_file()] if run_dir.is_dir() else []
+    kept = (run_dir / "metrics.json").exists() or any(path.suffix == ".ckpt" for path in files)
+    if kept or any(path.stat().st_mtime < STARTED for path in files):
+        return
+    logging.shutdown()  # Hydra's train.log handler lets go of its file
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def in_multirun() -> bool:

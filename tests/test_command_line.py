@@ -1,0 +1,234 @@
+"""Keys on the command line (descent.command_line): a mistyped key, with `+` or without, is one line naming the
+nearest key and a command that works, before torch loads; a class's own argument and `data.train_size` are taken.
+
+Most cases call the check in this process; the subprocesses show what only they can (exit code, stderr, imports).
+"""
+
+import importlib
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run
+
+from descent.command_line import check_arguments
+from descent.errors import DescentError
+
+TRAIN = ROOT / "src" / "train.py"
+
+
+@pytest.fixture(autouse=True)
+def at_the_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Commands are printed relative to the working dir, as a user at the repository's root types them; modules a
+    test writes are found afresh."""
+    monkeypatch.chdir(ROOT)
+    importlib.invalidate_caches()
+    yield
+
+
+def refusal(*argv: str) -> str:
+    with pytest.raises(DescentError) as refused:
+        check_arguments(list(argv), TRAIN, config_path="../conf", config_name="train")
+    return str(refused.value)
+
+
+def accept(*argv: str) -> None:
+    check_arguments(list(argv), TRAIN, config_path="../conf", config_name="train")
+
+
+REFUSED = [
+    (["+max_epoch=1"], "max_epoch is not a setting: did you mean max_epochs? (python src/train.py max_epochs=1)"),
+    (
+        ["+optimzer.lr=0.1"],
+        "optimzer.lr is not a setting: did you mean optimizer.lr? (python src/train.py optimizer.lr=0.1)",
+    ),
+    (
+        ["+model.net.dropuot=0.1"],
+        "model.net.dropuot is not a setting of descent.nets.MLP: did you mean model.net.dropout? "
+        "(python src/train.py model.net.dropout=0.1)",
+    ),
+    (
+        ["model=cnn", "+model.net.dropout=0.5"],
+        "model.net.dropout is not a setting of descent.nets.LeNet, which takes channels, hidden: drop it "
+        "(python src/train.py model=cnn)",
+    ),
+    (
+        ["+trainer.gradient_clip_vall=1"],
+        "trainer.gradient_clip_vall is not a setting of lightning.pytorch.Trainer: did you mean "
+        "trainer.gradient_clip_val? (python src/train.py trainer.gradient_clip_val=1)",
+    ),
+    (  # an argument its yaml does not list keeps its +
+        ["optimizer=adam", "+optimizer.amsgrd=true"],
+        "optimizer.amsgrd is not a setting of torch.optim.Adam: did you mean optimizer.amsgrad? "
+        "(python src/train.py optimizer=adam +optimizer.amsgrad=true)",
+    ),
+    (
+        ["+optimzer.momentum=0.9"],
+        "optimzer.momentum is not a setting: did you mean optimizer.momentum? "
+        "(python src/train.py +optimizer.momentum=0.9)",
+    ),
+    (
+        ["-m", "optimizer=gd,sgd", "batch_size=32,64", "+optimizer.momentumm=0.9"],
+        "optimizer.momentumm is not a setting of torch.optim.SGD: did you mean optimizer.momentum? "
+        "(python src/train.py -m optimizer=gd,sgd batch_size=32,64 +optimizer.momentum=0.9)",
+    ),
+    (
+        ["~noise.enabld"],
+        "noise.enabld is not a setting: did you mean noise.enabled? (python src/train.py '~noise.enabled')",
+    ),
+    (["+max_epochs=1"], "max_epochs is a setting already: give it without + (python src/train.py max_epochs=1)"),
+    (
+        ["+data.train_size=500"],
+        "data.train_size is a setting already: give it without + (python src/train.py data.train_size=500)",
+    ),
+    (
+        ["+data.batch_size=32"],
+        "data.batch_size is set by descent from batch_size: give batch_size instead "
+        "(python src/train.py batch_size=32)",
+    ),
+    (
+        ["+foo=1", "seed=1"],
+        "foo is not a setting (python src/train.py --cfg job lists them): drop it (python src/train.py seed=1)",
+    ),
+    (
+        ["optimizer=nope"],
+        "optimizer=nope is not an option of optimizer: choose one of adam, gd, lbfgs, momentum, sgd (the files in "
+        "conf/optimizer/)",
+    ),
+    (["-m", "model=mlp,cnm"], "model=cnm is not an option of model: choose one of cnn, mlp, resnet"),
+    (["callbacks=[early_stopping,nope]"], "callbacks=nope is not an option of callbacks: choose one of"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), REFUSED, ids=[" ".join(argv) for argv, _ in REFUSED])
+def test_an_unknown_key_is_refused_naming_the_nearest_one(argv: list[str], message: str) -> None:
+    assert refusal(*argv).startswith(message)
+
+
+ACCEPTED = [
+    ["data.train_size=500"],
+    ["data=synthetic", "data.train_size=500", "data.num_train=600"],
+    ["experiment=edge_of_stability", "data.train_size=100"],
+    ["+trainer.max_time=00:02:00:00", "trainer.max_epochs=3"],
+    ["optimizer=adam", "+optimizer.amsgrad=true"],
+    ["data.augment={crop_padding:2}", "data.augment.flip=false"],  # inside a value: descent.data.augment checks it
+    [
+        "+callbacks.signal._target_=helpers.SendSignal",
+        "+callbacks.signal.signal_name=SIGINT",
+        "+callbacks.signal.hook=on_train_start",
+    ],
+    [
+        "+metrics.confusion._target_=torchmetrics.classification.MulticlassConfusionMatrix",
+        "+metrics.confusion.normalize=true",
+    ],
+    ["model.loss._target_=torch.nn.functional.cross_entropy", "++model.loss._partial_=true", "~model.loss.reduction"],
+    ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.amsgrad=true"],
+    ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
+    ["--help", "+max_epoch=1"],  # help is printed whatever follows
+]
+
+
+@pytest.mark.parametrize("argv", ACCEPTED, ids=[" ".join(argv) for argv in ACCEPTED])
+def test_settings_and_a_class_s_own_arguments_are_accepted(argv: list[str]) -> None:
+    accept(*argv)
+
+
+def test_a_network_s_own_argument_is_accepted_and_its_typo_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's network class taking an argument no yaml lists: `+model.net.<it>` is the one place for `+`."""
+    (tmp_path / "tiny_nets.py").write_text(
+        textwrap.dedent(
+            """
+            from descent.nets import MLP
+
+            class GatedMLP(MLP):
+                def __init__(self, *args, gate_bias: float = 0.0, **kwargs):
+                    super().__init__(*args, **kwargs)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = "model.net._target_=tiny_nets.GatedMLP"
+    accept(net, "+model.net.gate_bias=0.5", "model.net.dropout=0.1")  # its own, and MLP's through **kwargs
+    assert refusal(net, "+model.net.gate_bais=0.5") == (
+        "model.net.gate_bais is not a setting of tiny_nets.GatedMLP: did you mean model.net.gate_bias? "
+        "(python src/train.py model.net._target_=tiny_nets.GatedMLP +model.net.gate_bias=0.5)"
+    )
+
+
+def test_a_config_dir_of_your_own_is_checked_as_hydra_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tiny.yaml").write_text("_target_: descent.data.synthetic.SyntheticData\nnum_train: 300\n")
+    accept("-cd", str(tmp_path), "data=tiny", "data.num_train=200", "+data.noise=0.5")
+    message = refusal("-cd", str(tmp_path), "data=tiny", "+data.num_trian=200")
+    assert message.startswith("data.num_trian is not a setting of descent.data.synthetic.SyntheticData: did you mean")
+    assert message.endswith(f"(python src/train.py -cd {tmp_path} data=tiny data.num_train=200)")
+
+
+def test_data_train_size_needs_no_plus_and_trains_on_that_many(make_cfg) -> None:
+    from descent.training import build
+
+    data, _ = build(make_cfg("data.train_size=100"))
+    assert len(data.sets["train"][1]) == 100
+
+
+SUBPROCESSES = [
+    (
+        ["src/train.py", "max_epoch=1"],
+        "max_epoch is not a setting: did you mean max_epochs? (python src/train.py max_epochs=1)",
+    ),
+    (  # --cfg job: before the check, this printed the config (and without it trained 10 epochs)
+        ["src/train.py", "--cfg", "job", "+max_epoch=1"],
+        "max_epoch is not a setting: did you mean max_epochs? (python src/train.py --cfg job max_epochs=1)",
+    ),
+    (
+        ["src/train.py", "--cfg", "job", "+optimzer.lr=0.1"],
+        "optimzer.lr is not a setting: did you mean optimizer.lr? (python src/train.py --cfg job optimizer.lr=0.1)",
+    ),
+    (
+        ["src/eval.py", "ckpt_paht=x.ckpt"],
+        "ckpt_paht is not a setting: did you mean ckpt_path? (python src/eval.py ckpt_path=x.ckpt)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), SUBPROCESSES, ids=[" ".join(argv) for argv, _ in SUBPROCESSES])
+def test_the_entry_points_refuse_a_mistyped_key_in_one_line_with_exit_code_2(argv: list[str], line: str) -> None:
+    done = run(*argv)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {line}"
+
+
+def test_train_py_takes_data_train_size_and_a_network_argument_without_plus_where_listed() -> None:
+    done = run("src/train.py", "--cfg", "job", "data.train_size=500", "model=cnn", "+trainer.max_time=00:01:00:00")
+    assert done.returncode == 0, done.stderr
+    assert "train_size: 500" in done.stdout and "max_time: 00:01:00:00" in done.stdout
+
+
+def test_the_check_reads_classes_without_importing_torch() -> None:
+    """The arguments of torch's, Lightning's and descent's classes are read from their source: a typo costs a
+    fraction of a second, not torch's seconds of imports."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from descent.command_line import check_arguments
+        from descent.errors import DescentError
+
+        script = Path({str(TRAIN)!r})
+        accepted = ["optimizer=adam", "optimizer.lr=0.1", "data.train_size=5"]
+        check_arguments(accepted, script, "../conf", "train")
+        try:
+            check_arguments(["+max_epoch=1", "data.train_size=5"], script, "../conf", "train")
+        except DescentError:
+            pass
+        else:
+            raise SystemExit("not refused")
+        loaded = sorted(name for name in ("torch", "lightning", "torchmetrics") if name in sys.modules)
+        raise SystemExit(f"loaded {{loaded}}" if loaded else 0)
+        """
+    )
+    done = run("-c", code)
+    assert done.returncode == 0, done.stderr + done.stdout
