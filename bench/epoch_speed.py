@@ -69,6 +69,7 @@ from descent.data.synthetic import SyntheticData
 from descent.nets import MLP
 from descent.noise import GradientNoise
 from descent.progress import progress_bar as descent_progress_bar
+from descent.results import TRAIN_S
 from descent.training import build, build_trainer
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -160,9 +161,9 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
     noise = GradientNoise(batch_size=64, samples=16)
 
     def epoch() -> dict[str, float]:
-        train_s_before = model.history[-1]["time/train_s"] if model.history else 0.0
+        train_s_before = model.history[-1][TRAIN_S] if model.history else 0.0
         fit_one_more_epoch(trainer, model, datamodule=data)
-        train_s = model.history[-1]["time/train_s"] - train_s_before
+        train_s = model.history[-1][TRAIN_S] - train_s_before
         start = time.perf_counter()
         noise.measure(model)  # what noise.enabled=true adds to each epoch, at these weights
         noise_s = time.perf_counter() - start

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from helpers import run, small
 
-from descent.critical import fit_steps_to_target
+from descent.critical_batch import fit_steps_to_target
 from descent.training import train
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from descent import metrics
+from descent import results
 from descent.errors import DescentError
 from descent.noise import draws
 from descent.sweep import write_summary
@@ -125,7 +125,7 @@ def test_two_ddp_ranks_measure_what_one_process_does(
     ranks = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"]
     assert len(ranks) == len(alone) == 2
     for one, two in zip(alone, ranks, strict=True):
-        for key in metrics.NOISE:
+        for key in results.NOISE:
             assert two[key] == pytest.approx(one[key], rel=1e-9), key
 
 
@@ -149,20 +149,20 @@ def test_off_by_default_and_on_in_metrics_json_tensorboard_and_the_sweep_summary
     on = train_into(make_cfg, tmp_path / "on" / "job", "seed=0", "noise.enabled=true")
     assert len(on["history"]) == 2
     for row in on["history"]:
-        assert all(math.isfinite(row[key]) and row[key] > 0 for key in metrics.NOISE)
+        assert all(math.isfinite(row[key]) and row[key] > 0 for key in results.NOISE)
     for row_off, row_on in zip(off["history"], on["history"], strict=True):  # measuring changes nothing of training
         assert {k: v for k, v in row_on.items() if not k.startswith(("noise/", "time/"))} == {
             k: v for k, v in row_off.items() if not k.startswith("time/")
         }
     logged = scalars(tmp_path / "on" / "job")
-    for key in metrics.NOISE:
+    for key in results.NOISE:
         assert logged[key] == pytest.approx([row[key] for row in on["history"]], rel=1e-6)
 
     (tmp_path / "off" / "job").rename(tmp_path / "on" / "plain")  # a run without the figures, in the same sweep
     write_summary(tmp_path / "on")
     with open(tmp_path / "on" / "summary.csv", newline="") as file:
         rows = {row["run"]: row for row in csv.DictReader(file) if row["row"] == "run"}
-    for key in metrics.NOISE:
+    for key in results.NOISE:
         assert float(rows["job"][f"final {key}"]) == on["final"][key]
         assert rows["plain"][f"final {key}"] == "nan"
     markdown = (tmp_path / "on" / "summary.md").read_text().splitlines()

@@ -107,6 +107,39 @@ def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path)
     assert (sweep / "report.png").stat().st_size > 30_000  # curves, labels and legend, not an empty canvas
 
 
+READ_WITHOUT_TORCH = """
+import runpy, sys
+from pathlib import Path
+
+from descent.runs import read_runs
+from descent.sweep import write_summary
+
+sweep_dir = Path(sys.argv[1])
+sys.argv = ["src/report.py", str(sweep_dir)]
+runpy.run_path("src/report.py", run_name="__main__")
+write_summary(sweep_dir)
+runs = read_runs(sweep_dir)
+print(sorted(run.status for run in runs))
+print(sorted({name.split(".")[0] for name in sys.modules} & {"torch", "lightning", "torchmetrics"}))
+"""
+"""The report (as `src/report.py` runs it), the sweep summary and the run-dir reader in one fresh process, which then
+names the training stack's modules it imported."""
+
+
+def test_the_report_the_summary_and_the_reader_of_run_dirs_import_no_torch(sweep: Path, tmp_path: Path) -> None:
+    """What runs after training reads metrics.json and writes markdown, CSV and PNG: a torch import would cost it
+    seconds (most of its start-up) and tie it to the training stack."""
+    shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
+    for name in ("report.md", "report.png", "summary.md", "summary.csv"):  # written again below
+        (tmp_path / name).unlink(missing_ok=True)
+    done = run("-c", READ_WITHOUT_TORCH, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    *_, statuses, imported = done.stdout.splitlines()
+    assert statuses == "['ok', 'ok']" and imported == "[]"
+    assert table_rows((tmp_path / "report.md").read_text()) and (tmp_path / "report.png").is_file()
+    assert "2 runs, 0 failed" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_target_error_that_some_run_misses_says_not_reached(sweep: Path, tmp_path: Path) -> None:
     shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
     dirs = run_dirs(tmp_path)

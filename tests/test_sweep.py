@@ -11,6 +11,7 @@ from helpers import run, scalars, small
 
 from descent import metrics
 from descent.data import EVAL_SETS
+from descent.results import FIGURES, PROGRESS, summary
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_a_2x2_sweep_summarises_each_run_and_each_configuration_over_seeds(idx_d
         assert float(row["best val/error"]) == result["best"]["val/error"]
         assert float(row["final test/error"]) == result["final"]["test/error"]
         assert float(row["best epoch"]) == result["best"]["epoch"]
-        for name in metrics.FIGURES:  # every figure of descent.metrics, at the best and the last epoch
+        for name in FIGURES:  # every figure of descent's, at the best and the last epoch
             assert float(row[f"best test/{name}"]) == result["best"][f"test/{name}"]
             assert float(row[f"final train/{name}"]) == result["final"][f"train/{name}"]
         # The summary agrees with what TensorBoard shows of the run.
@@ -119,12 +120,12 @@ def test_a_run_that_stopped_early_is_summarised_as_failed(tmp_path: Path) -> Non
 def write_run(run_dir: Path, overrides: list[str], sums: list[list[list[float]]], monitor: str = "val/error") -> None:
     """A sweep job's files as src/train.py writes them, from each epoch's SUMS per set (in EVAL_SETS order)."""
     history = [
-        {"epoch": epoch, **metrics.figures(epoch_sums), **dict.fromkeys(metrics.PROGRESS, float(epoch))}
+        {"epoch": epoch, **metrics.figures(epoch_sums), **dict.fromkeys(PROGRESS, float(epoch))}
         for epoch, epoch_sums in enumerate(sums, start=1)
     ]
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics.summary(history, monitor, str(run_dir), "")))
+    (run_dir / "metrics.json").write_text(json.dumps(summary(history, monitor, str(run_dir), "")))
 
 
 def test_a_figure_added_to_descent_metrics_is_a_column_of_the_summary(
@@ -132,7 +133,7 @@ def test_a_figure_added_to_descent_metrics_is_a_column_of_the_summary(
 ) -> None:
     from descent.sweep import write_summary
 
-    monkeypatch.setitem(metrics.FIGURES, "errors_per_1000", lambda sums: 1000 * sums["errors"] / sums["count"])
+    monkeypatch.setitem(FIGURES, "errors_per_1000", lambda sums: 1000 * sums["errors"] / sums["count"])
     assert len(EVAL_SETS) == 3 and list(metrics.SUMS) == ["loss", "errors", "count"]
     for seed, errors in (("0", 7.0), ("1", 9.0)):  # (loss sum, errors, count) of train, val and test, two epochs
         epochs = [[[50.0, 20.0, 100.0], [60.0, 30.0, 100.0], [55.0, 25.0, 100.0]]]

@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
 from descent.checkpoints import load, newest_checkpoint
+from descent.results import STEPS
 
 
 class CSVLogger(LightningCSVLogger):
@@ -29,7 +30,7 @@ class CSVLogger(LightningCSVLogger):
             epochs, steps = len(history), checkpoint.get("global_step", 0)
             with open(csv_path, newline="") as file:
                 rows = [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(file)]
-            per_epoch = [row for row in rows if "progress/steps" in row]
+            per_epoch = [row for row in rows if STEPS in row]
             self._earlier = [row for row in per_epoch if row["step"] <= epochs]
             self._earlier += [row for row in rows if row not in per_epoch and row["step"] < steps]
             for row in self._earlier:

@@ -27,14 +27,13 @@ from torch import Tensor, nn
 
 from descent.data import set_chunks
 from descent.errors import is_whole, require
+from descent.results import SHARPNESS, TWO_OVER_LR, flow
 
 if TYPE_CHECKING:
     from descent.module import Classifier
 
 STREAM = 0x6375727665
 """Added to the seed of Lanczos's start vector ("curve" in ASCII)."""
-
-SHARPNESS, TWO_OVER_LR = "curvature/sharpness", "curvature/2_over_lr"
 
 
 def parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -159,7 +158,7 @@ class GradientFlow(Callback):
         figures = {}
         for depth, (name, weight) in enumerate(layers(module), start=1):
             grad_norm, weight_norm = float(pieces[name].norm()), float(weight.detach().norm())
-            figures[f"flow/grad_norm/{depth}"] = grad_norm
-            figures[f"flow/weight_norm/{depth}"] = weight_norm
-            figures[f"flow/ratio/{depth}"] = grad_norm / weight_norm if weight_norm > 0 else math.inf
+            figures[flow("grad_norm", depth)] = grad_norm
+            figures[flow("weight_norm", depth)] = weight_norm
+            figures[flow("ratio", depth)] = grad_norm / weight_norm if weight_norm > 0 else math.inf
         module.extra_figures |= figures

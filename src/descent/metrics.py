@@ -1,4 +1,4 @@
-"""Metric names, defined once, and what is made of them: per-epoch figures from sums, final and best, tables.
+"""descent's figures computed from a set's chunks, and the configured torchmetrics: the torch side of the figures.
 
 Every figure of epoch k is that of the parameters theta^k at the end of the epoch, over a whole set, in eval mode,
 computed exactly from sums over the set's chunks (and ranks). descent's own figures (loss, error, acc) are SUMS
@@ -7,6 +7,10 @@ and FIGURES; a user's are torchmetrics classes named in the config's `metrics` (
 `{set}/{name}` for every set, and metrics.json, every logger, the console and the sweep summary take them from
 there. Whether higher is better decides the best epoch when `monitor` names a figure: descent's figures say it in
 LOWER_IS_BETTER and HIGHER_IS_BETTER, a torchmetrics class in its `higher_is_better`.
+
+The figures' names, the best epoch, metrics.json's summary and the console's line and table are in descent.results,
+which imports no torch, so that the readers of finished runs need not; the module and training.py name some of
+them here (metrics.PROGRESS, metrics.STEP_LOSS, metrics.epoch_line, metrics.format_table, metrics.summary).
 """
 
 import inspect
@@ -22,6 +26,15 @@ from torchmetrics import Metric
 from descent.data import EVAL_SETS
 from descent.errors import require
 from descent.monitor import LOWER_IS_BETTER
+from descent.results import (  # noqa: F401
+    FIGURES,
+    PROGRESS,
+    STEP_LOSS,
+    epoch_line,
+    format_table,
+    summary,
+    user_metrics,
+)
 
 SUMS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor | int]] = {
     "loss": lambda loss_sum, logits, y: loss_sum,  # the module's loss, summed over the chunk
@@ -29,30 +42,6 @@ SUMS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor | int]] = {
     "count": lambda loss_sum, logits, y: len(y),
 }
 """What one chunk adds to its set's sums, from its summed loss, its logits and its labels."""
-
-FIGURES: dict[str, Callable[[dict[str, float]], float]] = {
-    "loss": lambda sums: sums["loss"] / sums["count"],
-    "error": lambda sums: sums["errors"] / sums["count"],
-    "acc": lambda sums: 1 - sums["errors"] / sums["count"],
-}
-"""A set's figures from its sums: logged as `{set}/{name}` after every epoch."""
-
-
-STEP_LOSS = "train/step_loss"
-"""The training loss of one optimizer step's samples (on the step axis, every `trainer.log_every_n_steps`)."""
-
-PROGRESS = ("progress/steps", "progress/samples", "progress/passes", "progress/lr", "time/train_s")
-"""Per-epoch bookkeeping, so far: optimizer steps, samples stepped through, gradient evaluations in training sets'
-worth (an epoch of SGD or GD is 1; L-BFGS's line search evaluates more), the epoch's learning rate, training
-seconds."""
-
-NOISE = ("noise/grad_norm", "noise/trace_cov", "noise/B_simple")
-"""The gradient noise at theta^k (descent.noise; only with noise.enabled=true): |G|, the norm of the exact full
-gradient (not its square); tr(Sigma), the trace of the per-sample gradients' covariance over the training set; and
-B_simple = tr(Sigma) / |G|^2, the batch size at which a minibatch gradient's noise matches its signal."""
-
-TABLE = tuple(f"{stage}/{name}" for stage in (*EVAL_SETS, "gap") for name in LOWER_IS_BETTER)
-"""The columns of the console table."""
 
 
 def chunk_sums(loss_sum: Tensor, logits: Tensor, y: Tensor) -> Tensor:
@@ -72,60 +61,6 @@ def figures(sums: list[list[float]], measured: Mapping[str, float] | None = None
     for name in (*LOWER_IS_BETTER, *user_metrics(metrics)):
         metrics[f"gap/{name}"] = metrics[f"test/{name}"] - metrics[f"train/{name}"]
     return metrics
-
-
-def final_and_best(
-    history: list[dict[str, float]], monitor: str, mode: str = "min"
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The last epoch's figures, and those of the first epoch with the lowest `monitor` (the highest with mode
-    "max"): "best" everywhere."""
-    sign = -1 if mode == "max" else 1
-    return history[-1], min(history, key=lambda row: sign * row[monitor])
-
-
-def summary(
-    history: list[dict[str, float]], monitor: str, run_dir: str, best_checkpoint: str, mode: str = "min"
-) -> dict[str, Any]:
-    """What metrics.json holds: final and best-epoch figures with the whole history."""
-    final, best = final_and_best(history, monitor, mode)
-    return {
-        "run_dir": run_dir,
-        "monitor": monitor,
-        "mode": mode,
-        "final": final,
-        "best": best,
-        "best_checkpoint": best_checkpoint,
-        "history": history,
-    }
-
-
-def epoch_line(row: dict[str, float]) -> str:
-    """One epoch's log line: what a run without a progress bar prints after each epoch (the configured metrics'
-    validation figures among them)."""
-    configured = "".join(f"{name} {row[f'val/{name}']:.4f} " for name in user_metrics(row))
-    return (
-        f"epoch {int(row['epoch'])}  train loss {row['train/loss']:.4f} err {100 * row['train/error']:.2f}%  "
-        f"val err {100 * row['val/error']:.2f}% {configured} test loss {row['test/loss']:.4f} "
-        f"err {100 * row['test/error']:.2f}%  ({int(row['progress/steps'])} steps, {row['time/train_s']:.1f} s, "
-        f"lr {row['progress/lr']:.4g})"
-    )
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The final and best epoch's TABLE figures and the configured metrics' val and test ones, a row each."""
-    columns = [*TABLE, *(f"{stage}/{name}" for name in user_metrics(result["final"]) for stage in ("val", "test"))]
-    widths = [max(12, len(key) + 2) for key in columns]
-    titles = "".join(f"{key.replace('/', ' '):>{width}}" for key, width in zip(columns, widths, strict=True))
-    header = f"{'':16}{titles}"
-    lines = [header]
-    for label in ("final", "best"):
-        row = result[label]
-        cells = "".join(
-            f"{100 * row[key]:>{width - 1}.2f}%" if key.endswith("error") else f"{row[key]:>{width}.4f}"
-            for key, width in zip(columns, widths, strict=True)
-        )
-        lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
-    return "\n".join(lines)
 
 
 # A user's metrics: torchmetrics classes from the config's `metrics` node.
@@ -183,12 +118,3 @@ def metric_figures(stage: str, name: str, value: Tensor) -> dict[str, float]:
     if value.dim() == 0:
         return {f"{stage}/{name}": float(value)}
     return {f"{stage}/{name}/{i}": float(entry) for i, entry in enumerate(value.tolist())}
-
-
-def user_metrics(row: Mapping[str, float]) -> list[str]:
-    """The names of a row's single-number figures that are not descent's own: the configured metrics."""
-    return [
-        key.split("/", 1)[1]
-        for key in row
-        if key.startswith("val/") and key.count("/") == 1 and key.split("/", 1)[1] not in FIGURES
-    ]

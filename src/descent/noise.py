@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from descent import metrics
+from descent import results
 from descent.data import Images, set_chunks
 from descent.errors import is_whole, require
 
@@ -64,7 +64,7 @@ def gradient(module: "Classifier", images: Images, labels: Tensor, rows: Tensor 
 
 
 class GradientNoise(Callback):
-    """Adds metrics.NOISE to the figures of every evaluated epoch of fit: |G| (the norm, not its square),
+    """Adds results.NOISE to the figures of every evaluated epoch of fit: |G| (the norm, not its square),
     tr(Sigma) and B_simple, from `samples` minibatches of `batch_size` (noise.batch_size, noise.samples)."""
 
     def __init__(self, batch_size: int = 64, samples: int = 16) -> None:
@@ -87,7 +87,7 @@ class GradientNoise(Callback):
         module.extra_figures |= self.measure(module)
 
     def measure(self, module: "Classifier") -> dict[str, float]:
-        """metrics.NOISE at the module's present weights."""
+        """results.NOISE at the module's present weights."""
         data = module.trainer.datamodule
         images, labels = data.sets["train"]
         n, b, chunk = len(labels), self.batch_size, data.samples_per_chunk
@@ -104,4 +104,4 @@ class GradientNoise(Callback):
         squared_norm = float(full.square().sum())
         trace = b * (n - 1) / (n - b) * float(torch.stack(spread).mean())
         b_simple = trace / squared_norm if squared_norm > 0 else math.inf
-        return dict(zip(metrics.NOISE, (math.sqrt(squared_norm), trace, b_simple), strict=True))
+        return dict(zip(results.NOISE, (math.sqrt(squared_norm), trace, b_simple), strict=True))

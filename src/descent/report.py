@@ -11,12 +11,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, StrMethodFormatter
 
-from descent.critical import critical_batch_section
+from descent.critical_batch import critical_batch_section
 from descent.errors import require
+from descent.results import SHARPNESS, STEPS, TRAIN_S, TWO_OVER_LR, flow, flow_depths
 from descent.runs import Run, read_runs
 
-STEPS, TRAIN_S = "progress/steps", "time/train_s"
-"""The PROGRESS figures the figure's x-axes and the table's time columns use."""
 X_AXES = (("epoch", "epoch"), ("optimizer steps", STEPS), ("training seconds", TRAIN_S))
 """The figure's columns: the x label and the history key whose values are x."""
 
@@ -159,9 +158,6 @@ def plot(runs: list[Run], title: str) -> Figure:
     return figure
 
 
-SHARPNESS, TWO_OVER_LR = "curvature/sharpness", "curvature/2_over_lr"
-
-
 def curvature_figure(runs: list[Run], title: str) -> Figure:
     """Cohen et al.'s Figure 1: the training loss (top) and the sharpness (bottom) against the GD step, each run in
     its colour, its 2 / lr as a dashed line of that colour."""
@@ -209,15 +205,15 @@ def curvature_section(runs: list[Run], sweep_dir: Path) -> str:
 
 def flow_section(runs: list[Run], sweep_dir: Path) -> str:
     """Each run's gradient norm against depth at its first and last evaluated epoch, and a table of them."""
-    measured = [run for run in runs if "flow/grad_norm/1" in run.history[-1]]
+    measured = [run for run in runs if flow("grad_norm", 1) in run.history[-1]]
     if not measured:
         return ""
-    depths = sorted(int(key.rsplit("/", 1)[1]) for key in measured[0].history[-1] if key.startswith("flow/grad_norm/"))
+    depths = flow_depths(measured[0].history[-1])
     figure = Figure(figsize=(7, 4), layout="constrained")
     ax = figure.subplots()
     for index, run in enumerate(measured):
         for row, style in ((run.history[0], "--"), (run.history[-1], "-")):
-            norms = [row.get(f"flow/grad_norm/{depth}", float("nan")) for depth in depths]
+            norms = [row.get(flow("grad_norm", depth), float("nan")) for depth in depths]
             label = f"{run.name}, epoch {int(row['epoch'])}"
             ax.plot(depths, norms, style, color=f"C{index}", marker="o", label=label)
     ax.set(xlabel="layer (1 = input)", ylabel="gradient norm |dL/dW|", yscale="log", xticks=depths,
@@ -229,7 +225,7 @@ def flow_section(runs: list[Run], sweep_dir: Path) -> str:
     lines = ["## Gradient norm by layer", "", header, "| --- | --- |" + " --- |" * (len(depths) + 1)]
     for run in measured:
         for row in (run.history[0], run.history[-1]):
-            norms = [row.get(f"flow/grad_norm/{depth}", float("nan")) for depth in depths]
+            norms = [row.get(flow("grad_norm", depth), float("nan")) for depth in depths]
             cells = " | ".join(f"{norm:.3g}" for norm in norms)
             lines.append(f"| `{run.name}` | {int(row['epoch'])} | {cells} | {norms[0] / norms[-1]:.3g} |")
     return "\n".join([*lines, "", "![gradient norm against depth](gradient_flow.png)", ""])

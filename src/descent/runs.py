@@ -4,7 +4,7 @@ A run dir holds `metrics.json` (every epoch's figures in `history`, the `monitor
 early), `config.yaml`, and, for a sweep job, `.hydra/overrides.yaml` and, if the job failed, `error.txt`.
 `metrics.json` holds every figure the event files do, at float64 and whichever logger ran, so the event files are
 not read: the one thing they add is the epochs of a run still in progress, which is reported as running instead.
-"final" and "best" are `descent.metrics.final_and_best` of the history: best is the epoch of the lowest `monitor`
+"final" and "best" are `descent.results.final_and_best` of the history: best is the epoch of the lowest `monitor`
 (the highest, for a figure whose `mode` is "max").
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from descent import metrics
 from descent.errors import DescentError
+from descent.results import final_and_best
 
 Row = dict[str, float]
 """One epoch's figures, as metrics.json's history holds them: `epoch` and every `{set}/{name}` and PROGRESS key."""
@@ -81,7 +81,7 @@ def read_run(run_dir: Path, name: str) -> Run | None:
     if content is not None:
         run.monitor, run.mode, run.history = content.get("monitor"), content.get("mode", "min"), content["history"]
         if run.history and run.monitor:
-            run.final, run.best = metrics.final_and_best(run.history, run.monitor, run.mode)
+            run.final, run.best = final_and_best(run.history, run.monitor, run.mode)
         if "stopped" in content:  # diverged or interrupted: what it has is not a result
             interrupted = content["stopped"].get("reason") == "interrupted"
             run.status, run.error = "interrupted" if interrupted else "failed", content["stopped"]["message"]

@@ -2,7 +2,7 @@
 
 Rewritten as each job ends (a Hydra callback), so it is there even when a job fails or the sweep is stopped. Runs
 are read by `descent.runs` (a job's `metrics.json`, or the `error.txt` a failed job leaves instead); the columns are
-made from `descent.metrics`. Configurations are runs with the same overrides but the seed.
+made from `descent.results`. Configurations are runs with the same overrides but the seed.
 """
 
 import csv
@@ -18,12 +18,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from descent import metrics
+from descent import results
 from descent.files import replace_text
+from descent.monitor import LOWER_IS_BETTER
 from descent.runs import Run, read_runs
-
-CURVATURE = ("curvature/sharpness", "curvature/2_over_lr")
-"""The sharpness columns, shown when a run measured it (curvature.enabled=true)."""
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +29,24 @@ log = logging.getLogger(__name__)
 def shown(noise: bool = True, configured: list[str] | None = None, curvature: bool = False) -> list[tuple[str, str]]:
     """What each row shows besides the objective, as (epoch of metrics.json, key): the best epoch, its test
     figures, the last epoch's test, train and gap figures, training seconds and, with `noise`, the last epoch's
-    gradient noise (metrics.NOISE). Made from descent.metrics when called, so that a figure added to
-    metrics.FIGURES is a column here too; the `configured` metrics' (single-number) figures follow descent's."""
-    names = [*metrics.FIGURES, *(configured or [])]
+    gradient noise (results.NOISE) and, with `curvature`, the sharpness. Made from descent.results when called, so
+    that a figure added to results.FIGURES is a column here too; the `configured` metrics' (single-number) figures
+    follow descent's."""
+    names = [*results.FIGURES, *(configured or [])]
     return [
         ("best", "epoch"),
         *(("best", f"test/{name}") for name in names),
         *(("final", f"{stage}/{name}") for stage in ("test", "train") for name in names),
-        *(("final", f"gap/{name}") for name in (*metrics.LOWER_IS_BETTER, *(configured or []))),
-        ("final", "time/train_s"),
-        *(("final", key) for key in (metrics.NOISE if noise else ())),
-        *(("final", key) for key in (CURVATURE if curvature else ())),
+        *(("final", f"gap/{name}") for name in (*LOWER_IS_BETTER, *(configured or []))),
+        ("final", results.TRAIN_S),
+        *(("final", key) for key in (results.NOISE if noise else ())),
+        *(("final", key) for key in (results.CURVATURE if curvature else ())),
     ]
 
 
 def configured_metrics(runs: list[Run]) -> list[str]:
     """The configured metrics any finished run measured, in the order first met."""
-    return list(dict.fromkeys(name for run in runs if run.final for name in metrics.user_metrics(run.final)))
+    return list(dict.fromkeys(name for run in runs if run.final for name in results.user_metrics(run.final)))
 
 
 def measured(runs: list[Run], key: str) -> bool:
@@ -61,7 +60,7 @@ def figures(run: Run) -> dict[str, float]:
     if run.status != "ok" or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
-    columns = shown(configured=metrics.user_metrics(run.final), curvature=True)
+    columns = shown(configured=results.user_metrics(run.final), curvature=True)
     return {"objective": run.objective} | {f"{row} {key}": rows[row].get(key, math.nan) for row, key in columns}
 
 
@@ -107,7 +106,7 @@ def write_summary(sweep_dir: Path) -> None:
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
     higher = any(run.mode == "max" for run in runs if run.monitor)
     keys = varying_keys(runs)
-    chosen = shown(measured(runs, metrics.NOISE[0]), configured_metrics(runs), measured(runs, CURVATURE[0]))
+    chosen = shown(measured(runs, results.NOISE[0]), configured_metrics(runs), measured(runs, results.CURVATURE[0]))
     columns = ["objective", *(f"{row} {key}" for row, key in chosen)]
     configs = configurations(runs, keys, columns, higher)
     objective = f"best {monitor}"

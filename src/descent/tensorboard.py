@@ -13,15 +13,15 @@ from torch import Tensor
 from descent.curvature import GradientFlow, Sharpness
 from descent.data import EVAL_SETS, ImageData, set_chunks
 from descent.errors import is_whole, require
-from descent.metrics import final_and_best
 from descent.module import Classifier
+from descent.results import CURVATURE, final_and_best, flow, flow_depths
 
 TRAIN_AGAINST_TEST = {name: ["Multiline", [f"{stage}/{name}" for stage in EVAL_SETS]] for name in ("loss", "error")}
 """Training, validation and test figures in one chart each: every run has them."""
 
 MEASURED_CHARTS = {
-    Sharpness: ("sharpness against 2 / lr", ["Multiline", ["curvature/sharpness", "curvature/2_over_lr"]]),
-    GradientFlow: ("gradient norm of each layer", ["Multiline", ["flow/grad_norm/.*"]]),
+    Sharpness: ("sharpness against 2 / lr", ["Multiline", list(CURVATURE)]),
+    GradientFlow: ("gradient norm of each layer", ["Multiline", [flow("grad_norm", ".*")]]),
 }
 """The sharpness with the stability bound 2 / lr (curvature.enabled), every layer's gradient norm
 (gradient_flow.enabled): charted only by runs that measure them, since a chart of no tags shows empty."""
@@ -101,7 +101,7 @@ class TensorBoardTabs(Callback):
                 writer.add_histogram(f"weights/{name}", parameter, epoch)
             for name, grad in self._grads.items():
                 writer.add_histogram(f"gradients/{name}", grad, epoch)
-        if "flow/grad_norm/1" in module.extra_figures:  # descent.curvature.GradientFlow measured this epoch
+        if flow("grad_norm", 1) in module.extra_figures:  # descent.curvature.GradientFlow measured this epoch
             writer.add_figure("gradient norm against depth", flow_figure(module.extra_figures), epoch)
         every = logger.image_every_n_epochs
         if every and (epoch % every == 0 or epoch == trainer.max_epochs):
@@ -146,11 +146,11 @@ class TensorBoardTabs(Callback):
 def flow_figure(figures: dict[str, float]) -> Figure:
     """Each layer's gradient norm and weight norm against its depth (1 at the input), on a log scale: a chain of
     Jacobians that shrinks the gradient shows as a line falling towards depth 1."""
-    depths = sorted(int(key.rsplit("/", 1)[1]) for key in figures if key.startswith("flow/grad_norm/"))
+    depths = flow_depths(figures)
     figure = Figure(figsize=(4.5, 3.2), layout="constrained")
     ax = figure.subplots()
     for name, marker in (("grad_norm", "o"), ("weight_norm", "s")):
-        ax.plot(depths, [figures[f"flow/{name}/{d}"] for d in depths], marker=marker, label=name.replace("_", " "))
+        ax.plot(depths, [figures[flow(name, d)] for d in depths], marker=marker, label=name.replace("_", " "))
     ax.set(xlabel="layer (1 = input)", ylabel="norm", yscale="log", xticks=depths)
     ax.legend()
     return figure
