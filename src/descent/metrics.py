@@ -9,8 +9,7 @@ there. Whether higher is better decides the best epoch when `monitor` names a fi
 LOWER_IS_BETTER and HIGHER_IS_BETTER, a torchmetrics class in its `higher_is_better`.
 
 The figures' names, the best epoch, metrics.json's summary and the console's line and table are in descent.results,
-which imports no torch, so that the readers of finished runs need not; the module and training.py name some of
-them here (metrics.PROGRESS, metrics.STEP_LOSS, metrics.epoch_line, metrics.format_table, metrics.summary).
+which imports no torch, so that the readers of finished runs need not.
 """
 
 import inspect
@@ -26,15 +25,7 @@ from torchmetrics import Metric
 from descent.data import EVAL_SETS
 from descent.errors import require
 from descent.monitor import LOWER_IS_BETTER
-from descent.results import (  # noqa: F401
-    FIGURES,
-    PROGRESS,
-    STEP_LOSS,
-    epoch_line,
-    format_table,
-    summary,
-    user_metrics,
-)
+from descent.results import FIGURES, user_metrics
 
 SUMS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor | int]] = {
     "loss": lambda loss_sum, logits, y: loss_sum,  # the module's loss, summed over the chunk

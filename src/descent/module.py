@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
-from descent import metrics
+from descent import metrics, results
 from descent.backprop import check_mlp
 from descent.batchnorm import ghost_batch_norm, recompute_statistics
 from descent.checkpoints import rebuild_schedule
@@ -152,7 +152,7 @@ class Classifier(LightningModule):
         self.samples_seen += round(divisor * self.trainer.world_size)
         self.samples_evaluated += evaluations * round(divisor * self.trainer.world_size)
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
-            self.log(metrics.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
+            self.log(results.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
             # Its x-axis, given: Lightning would add its own 0-based "epoch" figure to the loggers at this step.
             self.log("step", float(self.global_step), on_step=True, on_epoch=False)
 
@@ -269,14 +269,14 @@ class Classifier(LightningModule):
         num_train = getattr(self.trainer.datamodule, "num_train", None)
         passes = self.samples_evaluated / num_train if num_train else math.nan
         progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.train_seconds)
-        figures |= dict(zip(metrics.PROGRESS, progress, strict=True)) | self.extra_figures
+        figures |= dict(zip(results.PROGRESS, progress, strict=True)) | self.extra_figures
         self.extra_figures = {}
         self.history.append({"epoch": epoch, **figures})
         self.log_dict(figures)
         self.log("epoch", float(epoch))  # counted from 1 in every logger, as in every line and in metrics.json
         self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
         if self.trainer.is_global_zero:
-            log.info(metrics.epoch_line(self.history[-1]))
+            log.info(results.epoch_line(self.history[-1]))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.rng_at_step_start = torch.get_rng_state()

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from descent import metrics, slurm
+from descent import metrics, results, slurm
 from descent.batchnorm import check_samples_apart
 from descent.checkpoints import (
     AtomicCheckpointIO,
@@ -273,7 +273,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         log.info("%s", result["ended"]["message"])
-        log.info("\n%s", metrics.format_table(result))
+        log.info("\n%s", results.format_table(result))
         log.info("run dir %s: metrics.json, checkpoints/, train.log", run_dir)
     return result
 
@@ -293,7 +293,7 @@ def why_it_ended(trainer: lightning.Trainer, epoch: int) -> dict[str, Any]:
 def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:
     best_checkpoint = trainer.checkpoint_callbacks[0].best_model_path if trainer.checkpoint_callbacks else ""
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
-    return metrics.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode)
+    return results.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
