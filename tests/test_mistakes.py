@@ -5,6 +5,8 @@ import csv
 import json
 import logging
 import math
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,3 +136,19 @@ def test_trainer_max_epochs_is_max_epochs_for_the_schedule_and_resume_too(make_c
     history = train(resumed_config(more, [f"resume={run_dir}", "trainer.max_epochs=4"]))["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[3]["progress/lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-9)
+
+
+def test_every_mistake_the_readme_shows_gets_the_line_it_shows() -> None:
+    """Each `$ python src/...` line of the README or docs/ followed by an `error:` line, run verbatim: that line,
+    alone, and exit 2 (docs of one's own without such examples skip this)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    readme = "\n".join(page.read_text() for page in pages if page.is_file())
+    shown = re.findall(r"^\$ python (src/\S+\.py[^\n]*)\n(error: [^\n]*)$", readme, flags=re.MULTILINE)
+    if not shown:
+        pytest.skip("the README and docs/ show no `$ python src/...` command with its error line")
+    for command, line in shown:
+        done = subprocess.run(
+            [sys.executable, *shlex.split(command)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env=environment(),
+        )  # fmt: skip
+        assert (done.returncode, done.stderr.strip()) == (2, line), command
