@@ -29,7 +29,7 @@ from descent.data import ImageData
 from descent.errors import require
 from descent.files import replace_text
 from descent.loggers import build_loggers, finish_logger_runs, log_settings
-from descent.memory import estimate, free_bytes, plan_chunk_size
+from descent.memory import estimate, free_bytes, plan_chunk_size, run_dtype
 from descent.module import Classifier
 from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
@@ -113,6 +113,7 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
         getattr(optimizer, "func", optimizer).__name__,
         getattr(optimizer, "keywords", {}).get("momentum", 0),
         budget,
+        dtype=run_dtype(trainer.precision_plugin),
     )
     per_device = -(-data.samples_per_step // trainer.world_size)
     return plan_chunk_size(plan, per_device, data.samples_per_chunk, cfg.full_batch, device)
