@@ -66,6 +66,7 @@ from descent.curvature import top_eigenvalues
 from descent.data import ImageData
 from descent.data.idx import IDX_FILES, IdxData, write_idx
 from descent.data.synthetic import SyntheticData
+from descent.measurement import evaluating
 from descent.nets import MLP
 from descent.noise import GradientNoise
 from descent.progress import progress_bar as descent_progress_bar
@@ -165,10 +166,12 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
         fit_one_more_epoch(trainer, model, datamodule=data)
         train_s = model.history[-1][TRAIN_S] - train_s_before
         start = time.perf_counter()
-        noise.measure(model)  # what noise.enabled=true adds to each epoch, at these weights
+        with evaluating(model):  # as descent.measurement.EpochMeasurement runs each measurement
+            noise.measure(trainer, model)  # what noise.enabled=true adds to each epoch, at these weights
         noise_s = time.perf_counter() - start
         start = time.perf_counter()
-        top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)  # what curvature.enabled=true adds, the same way
+        with evaluating(model):  # what curvature.enabled=true adds, the same way
+            top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)
         return {
             "noise": noise_s,
             "curv": time.perf_counter() - start,

@@ -12,9 +12,11 @@ import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from descent import stopping
 from descent.errors import DescentError, require
 from descent.files import replace
 
@@ -229,3 +231,40 @@ class PeriodicCheckpoint(Callback):
         if due:
             trainer.save_checkpoint(self.path)
             self.last = now
+
+
+class StepState(Callback):
+    """What a checkpoint written inside an epoch holds beyond Lightning's own, to go on at that very step: torch's
+    random state as the running step began (a stop inside a step takes that step again, so dropout's masks of the
+    resumed run are those the uninterrupted run drew), and, in a stop signal's checkpoint, Lightning's loop
+    counters as the place the run stopped needs them."""
+
+    def __init__(self) -> None:
+        self.rng_at_step_start: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        self.rng_at_step_start = torch.get_rng_state()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.rng_at_step_start = None
+
+    def on_save_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+        rng = self.rng_at_step_start
+        checkpoint.setdefault("descent", {})["rng"] = rng if rng is not None else torch.get_rng_state()
+        if not stopping.saving_a_stop() or "loops" not in checkpoint:
+            return
+        loops = checkpoint["loops"]["fit_loop"]
+        if trainer.validating:
+            # Stopped in the evaluation: resume= evaluates theta^k again from its first chunk (Lightning goes back
+            # into an evaluation it finds stopped inside its first batch, and skips one it finds later).
+            started = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+            loops["epoch_loop.val_loop.batch_progress"] |= {"total": started, "current": dict(started)}
+        else:
+            # Stopped before a step: Lightning's restore assumes a save after one, at on_train_batch_end, and adds
+            # that step to the loggers' step count; count it back here.
+            loops["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+
+    def on_load_checkpoint(self, trainer: Any, module: Any, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("descent", {})
+        if "rng" in state and trainer.state.fn == TrainerFn.FITTING:
+            torch.set_rng_state(state["rng"].cpu())

@@ -7,12 +7,11 @@ about `growth` times the step of the last), which resolves steps-to-target to th
 cost of a few hundred forward passes over the validation set. descent.critical_batch reads the runs' times.
 """
 
-import time
-
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from descent.data import set_chunks
+from descent.measurement import evaluating
 from descent.results import TARGET
 
 
@@ -32,9 +31,8 @@ class StepsToTarget(Callback):
         if validation_error(trainer, module) <= self.target_error:
             self.reached = True
             # descent's training clock: the finished epochs' training, and this one's so far
-            seconds = module.train_seconds + (time.perf_counter() - module.clock if module.clock else 0.0)
-            when = (self.target_error, float(step), step / trainer.num_training_batches, seconds)
-            module.extra_figures |= dict(zip(TARGET, when, strict=True))
+            when = (self.target_error, float(step), step / trainer.num_training_batches, module.seconds_trained)
+            module.add_figures(dict(zip(TARGET, when, strict=True)))
             trainer.should_stop = True  # Lightning evaluates the epoch it stops in, then ends the run
 
 
@@ -45,16 +43,10 @@ def validation_error(trainer, module) -> float:  # type: ignore[no-untyped-def]
     module.recompute_norm_statistics()
     data = trainer.datamodule
     images, labels = data.sets["val"]
-    was_training = module.net.training
-    module.net.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=module.device)
-    for chunk in set_chunks(images, labels, data.samples_per_chunk, trainer.global_rank, trainer.world_size):
-        counts += torch.stack(
-            [
-                (module(chunk.x.to(module.dtype)).argmax(1) != chunk.y).sum().double(),
-                torch.tensor(len(chunk.y), dtype=torch.float64, device=chunk.y.device),
-            ]
-        )
-    module.net.train(was_training)
+    with evaluating(module.net):
+        for chunk in set_chunks(images, labels, data.samples_per_chunk, trainer.global_rank, trainer.world_size):
+            wrong = (module(chunk.x.to(module.dtype)).argmax(1) != chunk.y).sum().double()
+            counts += torch.stack([wrong, torch.tensor(len(chunk.y), dtype=torch.float64, device=chunk.y.device)])
     errors, count = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
     return errors / count

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 import lightning
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from descent.data import set_chunks
 from descent.errors import is_whole, require
+from descent.measurement import EpochMeasurement, flat, gradient, summed_over_set, trained_parameters
 from descent.results import SHARPNESS, TWO_OVER_LR, flow
 
 if TYPE_CHECKING:
@@ -36,28 +35,20 @@ STREAM = 0x6375727665
 """Added to the seed of Lanczos's start vector ("curve" in ASCII)."""
 
 
-def parameters(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
 def hessian_vector_product(module: "Classifier", vector: Tensor) -> Tensor:
     """H v, H the Hessian of the mean training loss over the whole training set at the present weights, in the
-    run's chunks on this rank, summed over the ranks."""
-    trainer, precision = module.trainer, module.trainer.precision_plugin
-    data = trainer.datamodule
+    run's chunks on each rank, summed over the ranks: per chunk, the gradient of (its gradient . v)."""
+    data = module.trainer.datamodule
     images, labels = data.sets["train"]
-    n, params = len(labels), parameters(module)
+    params = trained_parameters(module)
     pieces = vector.split([p.numel() for p in params])
-    total = torch.zeros_like(vector)
-    chunks = set_chunks(images, labels, data.samples_per_chunk, trainer.global_rank, trainer.world_size)
-    for chunk in chunks:
-        with precision.forward_context():
-            loss = module.loss(module(precision.convert_input(chunk.x)), chunk.y) / n
+
+    def product(loss: Tensor) -> Tensor:
         grads = torch.autograd.grad(loss, params, create_graph=True)
         dot = sum((g * piece.view_as(g).to(g.dtype)).sum() for g, piece in zip(grads, pieces, strict=True))
-        products = torch.autograd.grad(dot, params, materialize_grads=True)
-        total += torch.cat([h.flatten() for h in products]).to(total.dtype)
-    return trainer.strategy.reduce(total, reduce_op="sum")
+        return flat(torch.autograd.grad(dot, params, materialize_grads=True), vector.dtype)
+
+    return summed_over_set(module, images, labels, data.samples_per_chunk, product)
 
 
 def lanczos(product: Callable[[Tensor], Tensor], start: Tensor, iterations: int) -> Tensor:
@@ -87,22 +78,18 @@ def lanczos(product: Callable[[Tensor], Tensor], start: Tensor, iterations: int)
 
 
 def top_eigenvalues(module: "Classifier", count: int, iterations: int, seed: int) -> list[float]:
-    """The `count` largest eigenvalues of the training loss's Hessian at the present weights."""
-    params = parameters(module)
+    """The `count` largest eigenvalues of the training loss's Hessian at the present weights (in the mode the
+    module is in: `EpochMeasurement` puts it in eval mode)."""
+    params = trained_parameters(module)
     dtype = torch.promote_types(params[0].dtype, torch.float32)
     generator = torch.Generator().manual_seed(STREAM + seed)
     dimension = sum(p.numel() for p in params)
     start = torch.randn(dimension, generator=generator, dtype=torch.float64).to(module.device, dtype)
-    was_training = module.training
-    module.eval()
-    # Lightning evaluates under torch.inference_mode; the data's tensors were made outside it, so grads flow.
-    with torch.inference_mode(False), torch.enable_grad():
-        values = lanczos(lambda v: hessian_vector_product(module, v), start, iterations)
-    module.train(was_training)
+    values = lanczos(lambda v: hessian_vector_product(module, v), start, iterations)
     return values[:count].tolist()
 
 
-class Sharpness(Callback):
+class Sharpness(EpochMeasurement):
     """`curvature/sharpness` and the next `eigenvalues - 1` eigenvalues (`curvature/eig_2`, ...) with
     `curvature/2_over_lr`, at every evaluated epoch: `iterations` Hessian-vector products (curvature.iterations),
     each about two passes over the training set."""
@@ -117,16 +104,12 @@ class Sharpness(Callback):
         )
         self.eigenvalues, self.iterations = eigenvalues, iterations
 
-    def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
-            return
-        module.stop_clock()  # no training
+    def measure(self, trainer: lightning.Trainer, module: "Classifier") -> dict[str, float]:
         seed = (trainer.datamodule.seed or 0) * 1_000_003 + module.current_epoch
         values = top_eigenvalues(module, self.eigenvalues, self.iterations, seed)
         lr = module.optimizers().param_groups[0]["lr"]
         figures = {SHARPNESS: values[0], TWO_OVER_LR: 2 / lr if lr > 0 else math.inf}
-        figures |= {f"curvature/eig_{i + 1}": value for i, value in enumerate(values) if i > 0}
-        module.extra_figures |= figures
+        return figures | {f"curvature/eig_{i + 1}": value for i, value in enumerate(values) if i > 0}
 
 
 def layers(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -136,29 +119,20 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad and p.dim() >= 2]
 
 
-class GradientFlow(Callback):
+class GradientFlow(EpochMeasurement):
     """At every evaluated epoch, for the l-th weight from the input: `flow/grad_norm/<l>` |dL/dW_l| of the exact
     mean training loss, `flow/weight_norm/<l>` |W_l| and `flow/ratio/<l>` their ratio (how far one step of size
     lr moves the layer, relative to its size, is lr times it)."""
 
-    def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
-            return
-        module.stop_clock()
-        from descent.noise import gradient
-
+    def measure(self, trainer: lightning.Trainer, module: "Classifier") -> dict[str, float]:
         images, labels = trainer.datamodule.sets["train"]
-        was_training = module.training
-        module.eval()
-        with torch.inference_mode(False), torch.enable_grad():
-            full = gradient(module, images, labels, None, trainer.datamodule.samples_per_chunk)
-        module.train(was_training)
-        pieces = dict(zip((name for name, _ in module.named_parameters() if _.requires_grad),
-                          full.split([p.numel() for p in parameters(module)]), strict=True))  # fmt: skip
+        full = gradient(module, images, labels, None, trainer.datamodule.samples_per_chunk)
+        names = [name for name, p in module.named_parameters() if p.requires_grad]
+        pieces = dict(zip(names, full.split([p.numel() for p in trained_parameters(module)]), strict=True))
         figures = {}
         for depth, (name, weight) in enumerate(layers(module), start=1):
             grad_norm, weight_norm = float(pieces[name].norm()), float(weight.detach().norm())
             figures[flow("grad_norm", depth)] = grad_norm
             figures[flow("weight_norm", depth)] = weight_norm
             figures[flow("ratio", depth)] = grad_norm / weight_norm if weight_norm > 0 else math.inf
-        module.extra_figures |= figures
+        return figures

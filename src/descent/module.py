@@ -95,11 +95,9 @@ class Classifier(LightningModule):
         self.history: list[dict[str, float]] = []
         self.last_evaluation: dict[str, float] = {}
         self.samples_seen, self.samples_evaluated, self.train_seconds = 0, 0, 0.0
-        self.stop_signal: str | None = None  # set by a SIGINT/SIGTERM handler: stop before the next step
-        self.extra_figures: dict[str, float] = {}  # a callback's figures of theta^k (descent.noise), logged with them
-        self.clock: float | None = None  # when this epoch's training started (time.perf_counter), while it runs
-        self.rng_at_step_start: Tensor | None = None  # torch's random state as the running step began
-        self.stopping = False  # while a stop signal's checkpoint is written (stepping.interrupted)
+        self._measured: dict[str, float] = {}  # this epoch's figures of measurements (add_figures)
+        self._shown: list[str] = []  # those of them the console shows
+        self._clock: float | None = None  # when this epoch's training started (time.perf_counter), while it runs
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -153,30 +151,31 @@ class Classifier(LightningModule):
         self.samples_evaluated += evaluations * round(divisor * self.trainer.world_size)
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
             self.log(results.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
-            # Its x-axis, given: Lightning would add its own 0-based "epoch" figure to the loggers at this step.
-            self.log("step", float(self.global_step), on_step=True, on_epoch=False)
+            # Its x-axis, given (Lightning would add its own 0-based "epoch" figure): the count of steps before it,
+            # as the loss is that of the weights before this step (descent.tensorboard.purge_step relies on it).
+            self.log("step", float(self.global_step - 1), on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is not None:  # resume=: the schedule, for this config's max_epochs
             rebuild_schedule(self.trainer, self.schedule, self.current_epoch)
-        self.clock = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self._clock = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self) -> None:
-        self.clock = time.perf_counter()
+        self._clock = time.perf_counter()
 
     @property
     def seconds_trained(self) -> float:
         """Training time so far, the running epoch's included: what a checkpoint keeps, mid-epoch too."""
-        return self.train_seconds + (time.perf_counter() - self.clock if self.clock is not None else 0.0)
+        return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def stop_clock(self) -> None:
         """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
         evaluated with check_val_every_n_epoch > 1)."""
-        if self.clock is not None:
+        if self._clock is not None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - self.clock
-            self.clock = None
+            self.train_seconds += time.perf_counter() - self._clock
+            self._clock = None
 
     def on_train_epoch_end(self) -> None:
         """After the epoch's evaluation (Lightning 2 evaluates before this hook): the next epoch's rate."""
@@ -201,9 +200,16 @@ class Classifier(LightningModule):
         elif self.history and self.history[-1]["epoch"] == self.current_epoch + 1:  # evaluated epochs only
             scheduler.step(self.history[-1][self.monitor])
 
-    def _end_of_epoch(self) -> bool:
+    @property
+    def evaluating_an_epoch(self) -> bool:
         """Evaluating theta^k within fit, not in a sanity check and not in `validate` (eval.py)."""
         return self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking
+
+    def add_figures(self, figures: dict[str, float], console: bool = False) -> None:
+        """A measurement's figures of theta^k (descent.measurement), logged and kept with this epoch's own."""
+        self._measured |= figures
+        if console:
+            self._shown += list(figures)
 
     @property
     def samples_per_group(self) -> int:
@@ -230,13 +236,13 @@ class Classifier(LightningModule):
 
     def on_validation_model_eval(self) -> None:
         """Before anything is evaluated (a callback's measurement included): the statistics of theta^k."""
-        if self._end_of_epoch():
+        if self.evaluating_an_epoch:
             self.stop_clock()
         self.recompute_norm_statistics()
         super().on_validation_model_eval()
 
     def on_validation_epoch_start(self) -> None:
-        if self._end_of_epoch():
+        if self.evaluating_an_epoch:
             self.stop_clock()
         self._sums = torch.zeros(len(EVAL_SETS), len(metrics.SUMS), dtype=torch.float64, device=self.device)
 
@@ -255,7 +261,7 @@ class Classifier(LightningModule):
                 metric.reset()
         figures = metrics.figures(self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist(), measured)
         self.last_evaluation = figures
-        if not self._end_of_epoch():
+        if not self.evaluating_an_epoch:
             return
         epoch = self.current_epoch + 1
         lr = self.optimizers().param_groups[0]["lr"]
@@ -269,50 +275,31 @@ class Classifier(LightningModule):
         num_train = getattr(self.trainer.datamodule, "num_train", None)
         passes = self.samples_evaluated / num_train if num_train else math.nan
         progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.train_seconds)
-        figures |= dict(zip(results.PROGRESS, progress, strict=True)) | self.extra_figures
-        self.extra_figures = {}
+        figures |= dict(zip(results.PROGRESS, progress, strict=True)) | self._measured
+        shown = {name: self._measured[name] for name in self._shown}
+        self._measured, self._shown = {}, []
         self.history.append({"epoch": epoch, **figures})
         self.log_dict(figures)
         self.log("epoch", float(epoch))  # counted from 1 in every logger, as in every line and in metrics.json
         self.log("step", float(epoch))  # the x-axis of every per-epoch chart is the epoch k
         if self.trainer.is_global_zero:
             log.info(results.epoch_line(self.history[-1]))
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.rng_at_step_start = torch.get_rng_state()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.rng_at_step_start = None
+            if shown:
+                log.info("epoch %d measured: %s", epoch, "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        kept = ("history", "samples_seen", "samples_evaluated")
-        checkpoint["descent"] = {key: getattr(self, key) for key in kept} | {"train_seconds": self.seconds_trained}
+        """The run's bookkeeping (descent.checkpoints.StepState adds the step's own state)."""
+        kept = {key: getattr(self, key) for key in ("history", "samples_seen", "samples_evaluated")}
+        checkpoint.setdefault("descent", {}).update(kept, train_seconds=self.seconds_trained)
         # The epoch these weights belong to, counted from 1 as everywhere else in descent (Lightning's own resume
         # reads its loop state, not this).
         checkpoint["epoch"] = self.current_epoch + 1
-        # The random state the next step starts from (a stop inside a step takes that step again): dropout's masks
-        # of a resumed run are those the uninterrupted run drew.
-        rng = self.rng_at_step_start
-        checkpoint["descent"]["rng"] = rng if rng is not None else torch.get_rng_state()
-        if self.stopping and "loops" in checkpoint:
-            loops = checkpoint["loops"]["fit_loop"]
-            if self.trainer.validating:
-                # Stopped in the evaluation: resume= evaluates theta^k again from its first chunk (Lightning goes
-                # back into an evaluation it finds stopped inside its first batch, and skips one it finds later).
-                started = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
-                loops["epoch_loop.val_loop.batch_progress"] |= {"total": started, "current": dict(started)}
-            else:
-                # Stopped before a step: Lightning's restore assumes a save after one, at on_train_batch_end, and
-                # adds that step to the loggers' step count; count it back here.
-                loops["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("descent", {})
         self.history, self.samples_seen = state.get("history", []), state.get("samples_seen", 0)
         self.samples_evaluated = state.get("samples_evaluated", self.samples_seen)
         self.train_seconds = state.get("train_seconds", 0.0)
-        if "rng" in state and self.trainer.state.fn == TrainerFn.FITTING:
-            torch.set_rng_state(state["rng"].cpu())
 
 
 def is_plain_cross_entropy(loss: Callable[[Tensor, Tensor], Tensor]) -> bool:

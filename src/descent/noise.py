@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING
 
 import lightning
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from descent import results
-from descent.data import Images, set_chunks
 from descent.errors import is_whole, require
+from descent.measurement import EpochMeasurement, gradient
 
 if TYPE_CHECKING:
     from descent.module import Classifier
@@ -42,28 +41,7 @@ def draws(seed: int, epoch: int, n: int, batch_size: int, samples: int) -> list[
     return [torch.randperm(n, generator=generator)[:batch_size].sort().values for _ in range(samples)]
 
 
-def gradient(module: "Classifier", images: Images, labels: Tensor, rows: Tensor | None, chunk_size: int) -> Tensor:
-    """The gradient of the mean loss over `rows` of the training set (all of it for None), flattened: each rank
-    sums its contiguous share in chunks, (chunk loss sum) / n each, and the shares are summed over the ranks.
-
-    torch.autograd.grad, not backward: the parameters' .grad (and DDP's hooks on them) are never touched."""
-    trainer, precision = module.trainer, module.trainer.precision_plugin
-    if rows is not None:
-        rows = rows.to(labels.device)
-        images, labels = images.subset(rows), labels[rows]
-    n = len(labels)
-    params = [p for p in module.parameters() if p.requires_grad]
-    dtype = torch.promote_types(params[0].dtype, torch.float32)
-    total = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=module.device)
-    for chunk in set_chunks(images, labels, chunk_size, trainer.global_rank, trainer.world_size):
-        with precision.forward_context():
-            loss_sum = module.loss(module(precision.convert_input(chunk.x)), chunk.y)
-        grads = torch.autograd.grad(loss_sum / n, params, materialize_grads=True)
-        total += torch.cat([g.flatten() for g in grads]).to(dtype)
-    return trainer.strategy.reduce(total, reduce_op="sum")
-
-
-class GradientNoise(Callback):
+class GradientNoise(EpochMeasurement):
     """Adds results.NOISE to the figures of every evaluated epoch of fit: |G| (the norm, not its square),
     tr(Sigma) and B_simple, from `samples` minibatches of `batch_size` (noise.batch_size, noise.samples)."""
 
@@ -80,27 +58,16 @@ class GradientNoise(Callback):
             "all of them is the full batch, with no noise to measure",
         )
 
-    def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
-        if not module._end_of_epoch():  # theta^k of a finished epoch of fit only
-            return
-        module.stop_clock()  # the module's own hook, which stops it too, runs after this one: this is no training
-        module.extra_figures |= self.measure(module)
-
-    def measure(self, module: "Classifier") -> dict[str, float]:
+    def measure(self, trainer: lightning.Trainer, module: "Classifier") -> dict[str, float]:
         """results.NOISE at the module's present weights."""
-        data = module.trainer.datamodule
+        data = trainer.datamodule
         images, labels = data.sets["train"]
         n, b, chunk = len(labels), self.batch_size, data.samples_per_chunk
         rows = [r.to(labels.device) for r in draws(data.seed or 0, module.current_epoch, n, b, self.samples)]
-        was_training = module.training
-        # Eval mode, as every figure of theta^k: dropout's random masks would add a noise of their own to each
+        # In eval mode, as every figure of theta^k: dropout's random masks would add a noise of their own to each
         # gradient (and make G not that of the train/loss logged), and batch norm would couple a batch's samples.
-        module.eval()
-        # Lightning evaluates under torch.inference_mode; the data's tensors were made outside it, so grads flow.
-        with torch.inference_mode(False), torch.enable_grad():
-            full = gradient(module, images, labels, None, chunk)
-            spread = [(gradient(module, images, labels, r, chunk) - full).square().sum() for r in rows]
-        module.train(was_training)
+        full = gradient(module, images, labels, None, chunk)
+        spread = [(gradient(module, images, labels, r, chunk) - full).square().sum() for r in rows]
         squared_norm = float(full.square().sum())
         trace = b * (n - 1) / (n - b) * float(torch.stack(spread).mean())
         b_simple = trace / squared_norm if squared_norm > 0 else math.inf

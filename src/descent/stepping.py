@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from descent import stopping
 from descent.backprop import average_over_ranks, backpropagate
 from descent.data import Chunk
 from descent.stopping import Diverged, Interrupted
@@ -97,12 +98,12 @@ def check_before_step(module: LightningModule, loss_sum: Tensor, step_in_epoch: 
     if module.device.type != "cpu" and step_in_epoch % CHECK_EVERY and not last:
         return
     if trainer.world_size > 1:
-        asked_here = torch.tensor(float(module.stop_signal is not None), device=module.device)
+        asked_here = torch.tensor(float(stopping.received() is not None), device=module.device)
         flags = torch.stack([loss_sum.to(torch.float32), asked_here])
         loss, asked_anywhere = trainer.strategy.reduce(flags, reduce_op="sum").tolist()
         asked = asked_anywhere > 0
     else:
-        loss, asked = loss_sum.item(), module.stop_signal is not None
+        loss, asked = loss_sum.item(), stopping.received() is not None
     if math.isfinite(loss) and not asked:
         return
     if not math.isfinite(loss):
@@ -122,15 +123,15 @@ def interrupted(module: LightningModule) -> Interrupted:
     trainer = module.trainer
     epoch, step = module.current_epoch + 1, trainer.global_step + 1
     checkpoints = Path(trainer.checkpoint_callback.dirpath)
-    module.stopping = True
-    trainer.save_checkpoint(checkpoints / "interrupted.ckpt")
-    module.stopping = False
+    with stopping.writing_a_stop():
+        trainer.save_checkpoint(checkpoints / "interrupted.ckpt")
+    name = stopping.received()
     return Interrupted(
         epoch,
         step,
-        f"{module.stop_signal or 'a signal on another rank'} before step {step}, in epoch {epoch}: these "
+        f"{name or 'a signal on another rank'} before step {step}, in epoch {epoch}: these "
         f"weights are in {checkpoints / 'interrupted.ckpt'}; resume=<run dir> goes on from this step",
-        module.stop_signal or "SIGTERM",
+        name or "SIGTERM",
     )
 
 

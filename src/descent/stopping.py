@@ -1,7 +1,7 @@
 """How a run stops early, and what a stop signal does in each phase of it: no torch, no Lightning.
 
 Before training starts (imports, data, set-up), SIGINT or SIGTERM stops the process at once: nothing is worth
-keeping yet. From the start of training, they ask the module to stop before its next optimizer step, whose weights
+keeping yet. From the start of training, they ask the run to stop before its next optimizer step, whose weights
 are then saved (`descent.stepping.interrupted`); a second SIGINT stops at once. SIGUSR1 (SLURM's warning ahead of
 a time limit) does the same during training.
 """
@@ -66,16 +66,44 @@ def stop_before_training() -> None:
             signal.signal(number, stop)
 
 
+_received: str | None = None
+"""The stop signal received during training, if any: signals are the process's, and so is this."""
+_saving_a_stop = False
+
+
+def received() -> str | None:
+    """The name of the stop signal received since training started (SIGINT, SIGTERM, SIGUSR1), or None."""
+    return _received
+
+
+def saving_a_stop() -> bool:
+    """Whether the checkpoint being written is a stop signal's (descent.checkpoints.StepState edits its loops)."""
+    return _saving_a_stop
+
+
 @contextmanager
-def stop_on_signals(module: Any) -> Iterator[dict[int, Any]]:
-    """SIGINT, SIGTERM and SIGUSR1 ask `module` (descent.module.Classifier) to stop before its next optimizer step
-    (a second SIGINT stops at once). Yields the handlers they had before (`descent.slurm.requeue` hands SIGUSR1 on
-    to submitit's)."""
+def writing_a_stop() -> Iterator[None]:
+    global _saving_a_stop
+    _saving_a_stop = True
+    try:
+        yield
+    finally:
+        _saving_a_stop = False
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict[int, Any]]:
+    """During training: SIGINT, SIGTERM and SIGUSR1 ask the run to stop before its next optimizer step
+    (`received`; descent.stepping checks it), a second SIGINT stops at once. Yields the handlers they had before
+    (`descent.slurm.requeue` hands SIGUSR1 on to submitit's)."""
+    global _received
+    _received = None
 
     def ask_to_stop(signum: int, frame: Any) -> None:
-        if module.stop_signal is not None and signum == signal.SIGINT:
+        global _received
+        if _received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        module.stop_signal = signal.Signals(signum).name
+        _received = signal.Signals(signum).name
 
     if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
         yield {}

@@ -13,6 +13,7 @@ from torch import Tensor
 from descent.curvature import GradientFlow, Sharpness
 from descent.data import EVAL_SETS, ImageData, set_chunks
 from descent.errors import is_whole, require
+from descent.measurement import evaluating
 from descent.module import Classifier
 from descent.results import CURVATURE, final_and_best, flow, flow_depths
 
@@ -90,19 +91,22 @@ class TensorBoardTabs(Callback):
         if (logger := self._logger(trainer)) and logger.histograms:
             self._grads = {name: p.grad for name, p in module.net.named_parameters() if p.grad is not None}
 
-    def on_validation_epoch_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
+    def on_train_epoch_end(self, trainer: lightning.Trainer, module: Classifier) -> None:
+        """After the epoch's evaluation, if it had one (Lightning 2 evaluates before this hook): its figures are the
+        module's last history row."""
         logger = self._logger(trainer)
-        if logger is None or not module._end_of_epoch():
-            return
         epoch = module.current_epoch + 1
+        if logger is None or not module.history or module.history[-1]["epoch"] != epoch:
+            return
+        figures = module.history[-1]
         writer = logger.experiment
         if logger.histograms:
             for name, parameter in module.net.named_parameters():
                 writer.add_histogram(f"weights/{name}", parameter, epoch)
             for name, grad in self._grads.items():
                 writer.add_histogram(f"gradients/{name}", grad, epoch)
-        if flow("grad_norm", 1) in module.extra_figures:  # descent.curvature.GradientFlow measured this epoch
-            writer.add_figure("gradient norm against depth", flow_figure(module.extra_figures), epoch)
+        if flow("grad_norm", 1) in figures:  # descent.curvature.GradientFlow measured this epoch
+            writer.add_figure("gradient norm against depth", flow_figure(figures), epoch)
         every = logger.image_every_n_epochs
         if every and (epoch % every == 0 or epoch == trainer.max_epochs):
             predicted, wrong_images, y = self._test_predictions(module)
@@ -131,15 +135,13 @@ class TensorBoardTabs(Callback):
         Only the misclassified images are kept: a streamed test set is read chunk by chunk, never held whole.
         """
         images, y = self.data.sets["test"]
-        was_training = module.net.training
-        module.net.eval()
         predicted, wrong_images = [], []
-        for chunk in set_chunks(images, y, self.data.samples_per_chunk):  # all of it: rank 0 alone draws
-            guess = module(chunk.x.to(module.dtype)).argmax(1)
-            predicted.append(guess)
-            if sum(len(w) for w in wrong_images) < GRID_IMAGES:
-                wrong_images.append(chunk.x[guess != chunk.y])
-        module.net.train(was_training)
+        with evaluating(module.net):
+            for chunk in set_chunks(images, y, self.data.samples_per_chunk):  # all of it: rank 0 alone draws
+                guess = module(chunk.x.to(module.dtype)).argmax(1)
+                predicted.append(guess)
+                if sum(len(w) for w in wrong_images) < GRID_IMAGES:
+                    wrong_images.append(chunk.x[guess != chunk.y])
         return torch.cat(predicted), torch.cat(wrong_images)[:GRID_IMAGES], y
 
 

@@ -19,6 +19,7 @@ from descent.checkpoints import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
     PeriodicCheckpoint,
+    StepState,
     check_fits,
     load,
     newest_checkpoint,
@@ -35,7 +36,7 @@ from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop
-from descent.stopping import StoppedEarly, stop_on_signals
+from descent.stopping import StoppedEarly, received, stop_on_signals
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,14 @@ def build_trainer(
     return instantiate(
         settings,
         logger=loggers or False,
-        callbacks=[best, last, *periodic_checkpoints(cfg.get("checkpoint") or {}, run_dir), *chosen, *callbacks],
+        callbacks=[
+            best,
+            last,
+            StepState(),
+            *periodic_checkpoints(cfg.get("checkpoint") or {}, run_dir),
+            *chosen,
+            *callbacks,
+        ],  # fmt: skip
         plugins=[BackgroundCheckpointIO()],
         **overrides,
     )
@@ -249,7 +257,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_fits(Path(cfg.ckpt_path), model)
         model.load_state_dict(load(Path(cfg.ckpt_path))["state_dict"])
     try:
-        with stop_on_signals(model) as handlers_before:
+        with stop_on_signals() as handlers_before:
             trainer.fit(model, datamodule=data, ckpt_path=go_on_from)
     except (StoppedEarly, SIGTERMException) as error:
         # What the run has so far, marked as stopped; last.ckpt is that of the last finished epoch.
@@ -264,7 +272,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "message": str(stopped),
             }
             replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-        if model.stop_signal == slurm.WARNING_SIGNAL.name:  # SLURM's time limit is near: start the job again
+        if received() == slurm.WARNING_SIGNAL.name:  # SLURM's time limit is near: start the job again
             slurm.requeue(handlers_before.get(slurm.WARNING_SIGNAL), trainer.is_global_zero)
         raise stopped from None
     finally:
