@@ -83,6 +83,16 @@ def user_metrics(row: Mapping[str, float]) -> list[str]:
     ]
 
 
+DESCENTS_GROUPS = ("train", "val", "test", "gap", "progress", "time", "noise", "curvature", "flow", "target")
+"""The groups of the figures descent makes itself (`{group}/{name}`); the sweep summary shows its own choice."""
+
+
+def own_measurements(row: Mapping[str, float]) -> list[str]:
+    """A row's figures of a user's own measurement (descent.measurement.EpochMeasurement): any `{group}/{name}`
+    figure outside descent's groups, such as `relu/dead_fraction`."""
+    return [key for key in row if "/" in key and key.split("/", 1)[0] not in DESCENTS_GROUPS]
+
+
 def final_and_best(
     history: list[dict[str, float]], monitor: str, mode: str = "min"
 ) -> tuple[dict[str, float], dict[str, float]]:

@@ -26,12 +26,14 @@ from descent.runs import Run, read_runs
 log = logging.getLogger(__name__)
 
 
-def shown(noise: bool = True, configured: list[str] | None = None, curvature: bool = False) -> list[tuple[str, str]]:
+def shown(
+    noise: bool = True, configured: list[str] | None = None, curvature: bool = False, own: list[str] | None = None
+) -> list[tuple[str, str]]:
     """What each row shows besides the objective, as (epoch of metrics.json, key): the best epoch, its test
     figures, the last epoch's test, train and gap figures, training seconds and, with `noise`, the last epoch's
     gradient noise (results.NOISE) and, with `curvature`, the sharpness. Made from descent.results when called, so
     that a figure added to results.FIGURES is a column here too; the `configured` metrics' (single-number) figures
-    follow descent's."""
+    follow descent's, and the last epoch's figures of a user's `own` measurements come last."""
     names = [*results.FIGURES, *(configured or [])]
     return [
         ("best", "epoch"),
@@ -41,6 +43,7 @@ def shown(noise: bool = True, configured: list[str] | None = None, curvature: bo
         ("final", results.TRAIN_S),
         *(("final", key) for key in (results.NOISE if noise else ())),
         *(("final", key) for key in (results.CURVATURE if curvature else ())),
+        *(("final", key) for key in own or ()),
     ]
 
 
@@ -60,7 +63,7 @@ def figures(run: Run) -> dict[str, float]:
     if run.status != "ok" or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
-    columns = shown(configured=results.user_metrics(run.final), curvature=True)
+    columns = shown(configured=results.user_metrics(run.final), curvature=True, own=results.own_measurements(run.final))
     return {"objective": run.objective} | {f"{row} {key}": rows[row].get(key, math.nan) for row, key in columns}
 
 
@@ -106,7 +109,10 @@ def write_summary(sweep_dir: Path) -> None:
     monitor = next((run.monitor for run in runs if run.monitor), "monitor")
     higher = any(run.mode == "max" for run in runs if run.monitor)
     keys = varying_keys(runs)
-    chosen = shown(measured(runs, results.NOISE[0]), configured_metrics(runs), measured(runs, results.CURVATURE[0]))
+    own = sorted({key for run in runs if run.final for key in results.own_measurements(run.final)})
+    chosen = shown(
+        measured(runs, results.NOISE[0]), configured_metrics(runs), measured(runs, results.CURVATURE[0]), own
+    )
     columns = ["objective", *(f"{row} {key}" for row, key in chosen)]
     configs = configurations(runs, keys, columns, higher)
     objective = f"best {monitor}"
