@@ -94,10 +94,10 @@ def test_training_seconds_count_every_epoch_when_only_some_are_evaluated(make_cf
     import itertools
     import types
 
-    import descent.module
+    import descent.clock
 
-    # A clock that advances one second each time the model reads it: each epoch's training lasts exactly 1 s.
+    # A clock that advances one second each time the module's clock reads it: each epoch's training lasts 1 s.
     ticks = itertools.count()
-    monkeypatch.setattr(descent.module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(descent.clock, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     history = train(make_cfg("max_epochs=4", "trainer.check_val_every_n_epoch=2"))["history"]
     assert [(row["epoch"], row["time/train_s"]) for row in history] == [(2, 2.0), (4, 4.0)]

@@ -23,6 +23,14 @@ ACTIVATION_DERIVATIVES: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
     nn.Sigmoid: lambda a: a * (1 - a),
 }
 
+BACKPROPS = ("autograd", "manual")
+"""model.backprop: autograd, or manual (this module: the lecture's chain of Jacobians written out)."""
+
+
+def check_backprop(backprop: str) -> None:
+    """The one check of model.backprop: before data loads (descent.config) and where it enters (the module)."""
+    require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
+
 
 def check_mlp(net: nn.Module | type) -> None:
     """model.backprop=manual knows the backward pass of an MLP's layers only: refuse any other network (or network

@@ -17,12 +17,14 @@ Any other module that mixes the samples of a batch is found by a probe before tr
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from descent.data import set_chunks
 from descent.errors import DescentError, is_whole, require
 
 
@@ -196,6 +198,25 @@ def mixing_module(net: nn.Module, input_shape: tuple[int, ...], training: bool) 
         for module, was_training in modes.items():
             module.training = was_training
         net.load_state_dict(state)
+
+
+def recompute_statistics_of(module: Any) -> None:
+    """Precise BatchNorm at a module's present weights (descent.module.Classifier): each norm's statistics over the
+    whole training set, read in the run's chunks (cut at group boundaries) on each rank and summed over the ranks."""
+    if not module.norms:
+        return
+    trainer = module.trainer
+    data, precision = trainer.datamodule, trainer.precision_plugin
+    images, labels = data.sets["train"]
+    every = set_chunks(images, labels, data.samples_per_chunk, trainer.global_rank, trainer.world_size,
+                       module.norm_batch_size)  # fmt: skip
+    chunks = (precision.convert_input(chunk.x) for chunk in every)
+    if trainer.world_size > 1:
+        reduce = lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")  # noqa: E731
+    else:
+        reduce = lambda sums: sums  # noqa: E731
+    with precision.forward_context():
+        recompute_statistics(module.net, module.norms, chunks, reduce)
 
 
 def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: bool, one_pass_chunk: int) -> None:

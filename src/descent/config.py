@@ -6,10 +6,9 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from descent.backprop import check_mlp
+from descent.backprop import check_backprop, check_mlp
 from descent.data.base import is_sample_count
 from descent.errors import DescentError, is_number, is_whole, require
-from descent.module import BACKPROPS
 from descent.monitor import check_monitor
 
 
@@ -127,7 +126,7 @@ def check_config(cfg: DictConfig) -> None:
 def check_net(model: DictConfig) -> None:
     """`model.net` names a network whose settings fit its signature and pass its own `check`, if it has one."""
     backprop = model.get("backprop", "autograd")
-    require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
+    check_backprop(backprop)
     net = model.get("net")
     require(
         net is not None and "_target_" in net,

@@ -10,6 +10,7 @@ cost of a few hundred forward passes over the validation set. descent.critical_b
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from descent.batchnorm import recompute_statistics_of
 from descent.data import set_chunks
 from descent.measurement import evaluating
 from descent.results import TARGET
@@ -31,7 +32,7 @@ class StepsToTarget(Callback):
         if validation_error(trainer, module) <= self.target_error:
             self.reached = True
             # descent's training clock: the finished epochs' training, and this one's so far
-            when = (self.target_error, float(step), step / trainer.num_training_batches, module.seconds_trained)
+            when = (self.target_error, float(step), step / trainer.num_training_batches, module.clock.seconds)
             module.add_figures(dict(zip(TARGET, when, strict=True)))
             trainer.should_stop = True  # Lightning evaluates the epoch it stops in, then ends the run
 
@@ -40,7 +41,7 @@ class StepsToTarget(Callback):
 def validation_error(trainer, module) -> float:  # type: ignore[no-untyped-def]
     """The current weights' error rate on the whole validation set (this rank's share, summed over ranks), with
     BatchNorm statistics recomputed at these weights as every evaluation has them (a pass over the training set)."""
-    module.recompute_norm_statistics()
+    recompute_statistics_of(module)
     data = trainer.datamodule
     images, labels = data.sets["val"]
     counts = torch.zeros(2, dtype=torch.float64, device=module.device)

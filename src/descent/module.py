@@ -6,7 +6,6 @@ Another network is another `model.net` (see `descent.nets`); another loss is ano
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,18 +18,17 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
 from descent import metrics, results
-from descent.backprop import check_mlp
-from descent.batchnorm import ghost_batch_norm, recompute_statistics
+from descent.batchnorm import ghost_batch_norm, recompute_statistics_of
 from descent.checkpoints import rebuild_schedule
-from descent.data import EVAL_SETS, Chunk, set_chunks
+from descent.clock import TrainingClock
+from descent.data import EVAL_SETS, Chunk
 from descent.errors import require
+from descent.losses import check_loss, check_loss_sums
 from descent.schedules import follows_figures, with_warmup
 from descent.stepping import take_step
 from descent.stopping import Diverged
 
 log = logging.getLogger(__name__)
-
-BACKPROPS = ("autograd", "manual")  # manual: descent.backprop, the lecture's chain of Jacobians written out
 
 
 class Classifier(LightningModule):
@@ -61,21 +59,8 @@ class Classifier(LightningModule):
         monitor: str = "val/error",
     ) -> None:
         super().__init__()
-        require(backprop in BACKPROPS, f"model.backprop={backprop!r} is not one of {', '.join(BACKPROPS)}")
         self.criterion = loss if loss is not None else nn.CrossEntropyLoss(reduction="sum")
-        reduction = getattr(self.criterion, "reduction", "sum")
-        require(
-            reduction == "sum",
-            f"model.loss.reduction={reduction!r}: descent sums the loss over each chunk and divides by the step's "
-            "own size, so the step is exact in any chunks; set model.loss.reduction=sum",
-        )
-        if backprop == "manual":
-            check_mlp(net)
-            require(
-                is_plain_cross_entropy(self.criterion),
-                f"model.backprop=manual writes out the gradient of plain cross-entropy, not of {self.criterion}; "
-                "use model.backprop=autograd or the plain loss (loss=cross_entropy, label_smoothing 0)",
-            )
+        check_loss(self.criterion, backprop, net)
         # One copy of each configured metric per evaluated set: torchmetrics accumulates a set's chunks, sums ranks.
         # (keyed "train_set" and so on: "train" is a method of every nn.Module)
         self.set_metrics = nn.ModuleDict(
@@ -94,10 +79,9 @@ class Classifier(LightningModule):
         self.clip = (gradient_clip_val, gradient_clip_algorithm) if gradient_clip_val else None
         self.history: list[dict[str, float]] = []
         self.last_evaluation: dict[str, float] = {}
-        self.samples_seen, self.samples_evaluated, self.train_seconds = 0, 0, 0.0
+        self.samples_seen, self.samples_evaluated, self.clock = 0, 0, TrainingClock()
         self._measured: dict[str, float] = {}  # this epoch's figures of measurements (add_figures)
         self._shown: list[str] = []  # those of them the console shows
-        self._clock: float | None = None  # when this epoch's training started (time.perf_counter), while it runs
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -105,20 +89,6 @@ class Classifier(LightningModule):
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """The loss of a chunk, summed over its samples: a step divides the sum by its own size, exactly."""
         return self.criterion(logits, y)
-
-    def check_loss_sums(self, num_classes: int) -> None:
-        """A loss that averages makes every chunked step and figure wrong without an error: the sum over twice the
-        samples must be twice the sum."""
-        generator = torch.Generator().manual_seed(0)
-        dtype = next(self.net.parameters()).dtype
-        logits = torch.randn(4, num_classes, generator=generator, dtype=dtype).to(self.device)
-        y = torch.randint(num_classes, (4,), generator=generator).to(self.device)
-        one, twice = self.loss(logits, y), self.loss(torch.cat([logits, logits]), torch.cat([y, y]))
-        require(
-            one.dim() == 0 and torch.allclose(twice, 2 * one),
-            f"model.loss ({self.criterion}) does not return the sum over the chunk's samples (one number, doubled "
-            "for the samples twice over); descent divides a step's sum by the step's size: make it sum",
-        )
 
     def schedule(self, optimizer: Optimizer) -> LRScheduler | None:
         """The warm-up and the configured schedule (`descent.schedules`), as `resume=` rebuilds them too."""
@@ -134,7 +104,7 @@ class Classifier(LightningModule):
     def on_fit_start(self) -> None:
         num_classes = getattr(self.trainer.datamodule, "num_classes", None)
         if num_classes is not None:
-            self.check_loss_sums(num_classes)
+            check_loss_sums(self.loss, num_classes, next(self.net.parameters()).dtype, self.device)
         require(
             self.backprop == "autograd" or getattr(self.trainer.precision_plugin, "scaler", None) is None,
             f"model.backprop=manual with trainer.precision={self.trainer.precision}: its loss scaler works through "
@@ -158,46 +128,34 @@ class Classifier(LightningModule):
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is not None:  # resume=: the schedule, for this config's max_epochs
             rebuild_schedule(self.trainer, self.schedule, self.current_epoch)
-        self._clock = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self.clock.start()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self) -> None:
-        self._clock = time.perf_counter()
-
-    @property
-    def seconds_trained(self) -> float:
-        """Training time so far, the running epoch's included: what a checkpoint keeps, mid-epoch too."""
-        return self.train_seconds + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+        self.clock.start()
 
     def stop_clock(self) -> None:
         """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
         evaluated with check_val_every_n_epoch > 1)."""
-        if self._clock is not None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.train_seconds += time.perf_counter() - self._clock
-            self._clock = None
+        self.clock.stop(self.device)
 
     def on_train_epoch_end(self) -> None:
         """After the epoch's evaluation (Lightning 2 evaluates before this hook): the next epoch's rate."""
         self.stop_clock()
         epoch = self.current_epoch + 1
-        if self.trainer.is_global_zero and not (self.history and self.history[-1]["epoch"] == epoch):
-            every = self.trainer.check_val_every_n_epoch or 1
+        lr = self.optimizers().param_groups[0]["lr"]
+        evaluated = bool(self.history) and self.history[-1]["epoch"] == epoch
+        if self.trainer.is_global_zero and not evaluated:
+            every, max_epochs, seconds = self.trainer.check_val_every_n_epoch, self.trainer.max_epochs, self.clock.done
             log.info(
-                "epoch %d of %d trained, not evaluated (trainer.check_val_every_n_epoch=%d): %d steps, %.1f s, lr %.4g",
-                epoch,
-                self.trainer.max_epochs,
-                every,
-                self.global_step,
-                self.train_seconds,
-                self.optimizers().param_groups[0]["lr"],
+                f"epoch {epoch} of {max_epochs} trained, not evaluated (trainer.check_val_every_n_epoch={every}): "
+                f"{self.global_step} steps, {seconds:.1f} s, lr {lr:.4g}"
             )
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return
         if not follows_figures(scheduler):
             scheduler.step()
-        elif self.history and self.history[-1]["epoch"] == self.current_epoch + 1:  # evaluated epochs only
+        elif evaluated:  # a schedule on `monitor` steps on evaluated epochs only
             scheduler.step(self.history[-1][self.monitor])
 
     @property
@@ -216,29 +174,11 @@ class Classifier(LightningModule):
         """The samples a step's chunks must keep together: a BatchNorm's group, or 1 without BatchNorm."""
         return self.norm_batch_size if self.norms else 1
 
-    def recompute_norm_statistics(self) -> None:
-        """Precise BatchNorm at the present weights: each norm's statistics over the whole training set, read in
-        the run's chunks (cut at group boundaries) on each rank and summed over the ranks."""
-        if not self.norms:
-            return
-        data, trainer = self.trainer.datamodule, self.trainer
-        images, labels = data.sets["train"]
-        precision = trainer.precision_plugin
-        rank, world_size, group_size = trainer.global_rank, trainer.world_size, self.norm_batch_size
-        every = set_chunks(images, labels, data.samples_per_chunk, rank, world_size, group_size)
-        chunks = (precision.convert_input(chunk.x) for chunk in every)
-        if trainer.world_size > 1:
-            reduce = lambda sums: trainer.strategy.reduce(sums, reduce_op="sum")  # noqa: E731
-        else:
-            reduce = lambda sums: sums  # noqa: E731
-        with precision.forward_context():
-            recompute_statistics(self.net, self.norms, chunks, reduce)
-
     def on_validation_model_eval(self) -> None:
         """Before anything is evaluated (a callback's measurement included): the statistics of theta^k."""
         if self.evaluating_an_epoch:
             self.stop_clock()
-        self.recompute_norm_statistics()
+        recompute_statistics_of(self)
         super().on_validation_model_eval()
 
     def on_validation_epoch_start(self) -> None:
@@ -274,7 +214,7 @@ class Classifier(LightningModule):
             )
         num_train = getattr(self.trainer.datamodule, "num_train", None)
         passes = self.samples_evaluated / num_train if num_train else math.nan
-        progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.train_seconds)
+        progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.clock.done)
         figures |= dict(zip(results.PROGRESS, progress, strict=True)) | self._measured
         shown = {name: self._measured[name] for name in self._shown}
         self._measured, self._shown = {}, []
@@ -290,7 +230,7 @@ class Classifier(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The run's bookkeeping (descent.checkpoints.StepState adds the step's own state)."""
         kept = {key: getattr(self, key) for key in ("history", "samples_seen", "samples_evaluated")}
-        checkpoint.setdefault("descent", {}).update(kept, train_seconds=self.seconds_trained)
+        checkpoint.setdefault("descent", {}).update(kept, train_seconds=self.clock.seconds)
         # The epoch these weights belong to, counted from 1 as everywhere else in descent (Lightning's own resume
         # reads its loop state, not this).
         checkpoint["epoch"] = self.current_epoch + 1
@@ -299,14 +239,4 @@ class Classifier(LightningModule):
         state = checkpoint.get("descent", {})
         self.history, self.samples_seen = state.get("history", []), state.get("samples_seen", 0)
         self.samples_evaluated = state.get("samples_evaluated", self.samples_seen)
-        self.train_seconds = state.get("train_seconds", 0.0)
-
-
-def is_plain_cross_entropy(loss: Callable[[Tensor, Tensor], Tensor]) -> bool:
-    return (
-        type(loss) is nn.CrossEntropyLoss
-        and loss.weight is None
-        and loss.label_smoothing == 0
-        and loss.ignore_index < 0
-        and loss.reduction == "sum"
-    )
+        self.clock = TrainingClock(state.get("train_seconds", 0.0))
