@@ -126,8 +126,8 @@ class EpochSeconds(Callback):
         self._beside: list[float] = []
 
     def on_validation_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        if hasattr(pl_module, "stop_clock"):  # this hook runs before the module's: fwd is not training time
-            pl_module.stop_clock()
+        if hasattr(pl_module, "clock"):  # this hook runs before the module's: fwd is not training time
+            pl_module.clock.stop(pl_module.device)
         if self.beside_validation is not None:
             self._beside.append(self.beside_validation())
         self._validation_start = time.perf_counter()

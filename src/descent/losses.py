@@ -53,3 +53,12 @@ def is_plain_cross_entropy(loss: Loss) -> bool:
         and loss.ignore_index < 0
         and loss.reduction == "sum"
     )
+
+
+def check_precision(backprop: str, precision_plugin: object, precision: str) -> None:
+    """Manual backprop bypasses autograd, through which a loss scaler (16-bit precision) works."""
+    require(
+        backprop == "autograd" or getattr(precision_plugin, "scaler", None) is None,
+        f"model.backprop=manual with trainer.precision={precision}: its loss scaler works through autograd; use "
+        "model.backprop=autograd or another precision",
+    )

@@ -49,7 +49,7 @@ class EpochMeasurement(Callback):
     def on_validation_epoch_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:
         if not module.evaluating_an_epoch:  # theta^k of a finished epoch of fit only
             return
-        module.stop_clock()  # no training from here: the module's own hook, later, would stop it too late
+        module.clock.stop(module.device)  # no training from here: the module's own hook comes too late
         with evaluating(module), torch.inference_mode(False), torch.enable_grad():
             figures = self.measure(trainer, module)
         module.add_figures(figures, console=self.console)

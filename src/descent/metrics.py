@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from descent.data import EVAL_SETS
@@ -109,3 +109,27 @@ def metric_figures(stage: str, name: str, value: Tensor) -> dict[str, float]:
     if value.dim() == 0:
         return {f"{stage}/{name}": float(value)}
     return {f"{stage}/{name}/{i}": float(entry) for i, entry in enumerate(value.tolist())}
+
+
+class SetMetrics(nn.ModuleDict):
+    """One copy of each configured metric per evaluated set (keyed "train_set" and so on: "train" is a method of
+    every nn.Module): torchmetrics accumulates a set's chunks and gathers the ranks' states on compute."""
+
+    def __init__(self, chosen: Mapping[str, Metric] | None) -> None:
+        copies = {
+            f"{stage}_set": nn.ModuleDict({n: m.clone() for n, m in (chosen or {}).items()}) for stage in EVAL_SETS
+        }
+        super().__init__(copies)
+
+    def add_chunk(self, set_index: int, logits: Tensor, y: Tensor) -> None:
+        for metric in self[f"{EVAL_SETS[set_index]}_set"].values():
+            metric.update(logits, y)
+
+    def compute_and_reset(self) -> dict[str, float]:
+        """Every set's figures (`{set}/{name}`, on every rank), and the metrics emptied for the next evaluation."""
+        figures: dict[str, float] = {}
+        for stage in EVAL_SETS:
+            for name, metric in self[f"{stage}_set"].items():
+                figures |= metric_figures(stage, name, metric.compute())
+                metric.reset()
+        return figures

@@ -22,11 +22,11 @@ from descent.batchnorm import ghost_batch_norm, recompute_statistics_of
 from descent.checkpoints import rebuild_schedule
 from descent.clock import TrainingClock
 from descent.data import EVAL_SETS, Chunk
-from descent.errors import require
-from descent.losses import check_loss, check_loss_sums
+from descent.losses import check_loss, check_loss_sums, check_precision
+from descent.metrics import SetMetrics
 from descent.schedules import follows_figures, with_warmup
 from descent.stepping import take_step
-from descent.stopping import Diverged
+from descent.stopping import check_evaluated_loss
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,7 @@ class Classifier(LightningModule):
         super().__init__()
         self.criterion = loss if loss is not None else nn.CrossEntropyLoss(reduction="sum")
         check_loss(self.criterion, backprop, net)
-        # One copy of each configured metric per evaluated set: torchmetrics accumulates a set's chunks, sums ranks.
-        # (keyed "train_set" and so on: "train" is a method of every nn.Module)
-        self.set_metrics = nn.ModuleDict(
-            {
-                f"{stage}_set": nn.ModuleDict({name: m.clone() for name, m in (metrics or {}).items()})
-                for stage in EVAL_SETS
-            }
-        )
+        self.set_metrics = SetMetrics(metrics)  # the configured torchmetrics, a copy per evaluated set
         self.norms = ghost_batch_norm(net, norm_batch_size)
         self.norm_batch_size = norm_batch_size
         # Manual optimization: a step may span several chunks, and Lightning's gradient accumulation
@@ -105,11 +98,7 @@ class Classifier(LightningModule):
         num_classes = getattr(self.trainer.datamodule, "num_classes", None)
         if num_classes is not None:
             check_loss_sums(self.loss, num_classes, next(self.net.parameters()).dtype, self.device)
-        require(
-            self.backprop == "autograd" or getattr(self.trainer.precision_plugin, "scaler", None) is None,
-            f"model.backprop=manual with trainer.precision={self.trainer.precision}: its loss scaler works through "
-            "autograd; use model.backprop=autograd or another precision",
-        )
+        check_precision(self.backprop, self.trainer.precision_plugin, self.trainer.precision)
 
     def training_step(self, chunks: Sequence[Chunk], batch_idx: int) -> None:
         """One optimizer step, accumulated exactly over its chunks (`descent.stepping`)."""
@@ -133,23 +122,15 @@ class Classifier(LightningModule):
     def on_train_epoch_start(self) -> None:
         self.clock.start()
 
-    def stop_clock(self) -> None:
-        """Training time ends at the evaluation or the epoch's end, whichever comes first (not every epoch is
-        evaluated with check_val_every_n_epoch > 1)."""
-        self.clock.stop(self.device)
-
     def on_train_epoch_end(self) -> None:
         """After the epoch's evaluation (Lightning 2 evaluates before this hook): the next epoch's rate."""
-        self.stop_clock()
+        self.clock.stop(self.device)
         epoch = self.current_epoch + 1
         lr = self.optimizers().param_groups[0]["lr"]
         evaluated = bool(self.history) and self.history[-1]["epoch"] == epoch
         if self.trainer.is_global_zero and not evaluated:
-            every, max_epochs, seconds = self.trainer.check_val_every_n_epoch, self.trainer.max_epochs, self.clock.done
-            log.info(
-                f"epoch {epoch} of {max_epochs} trained, not evaluated (trainer.check_val_every_n_epoch={every}): "
-                f"{self.global_step} steps, {seconds:.1f} s, lr {lr:.4g}"
-            )
+            every, epochs = self.trainer.check_val_every_n_epoch, self.trainer.max_epochs
+            log.info(results.unevaluated_line(epoch, epochs, every, self.global_step, self.clock.done, lr))
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return
@@ -177,41 +158,30 @@ class Classifier(LightningModule):
     def on_validation_model_eval(self) -> None:
         """Before anything is evaluated (a callback's measurement included): the statistics of theta^k."""
         if self.evaluating_an_epoch:
-            self.stop_clock()
+            self.clock.stop(self.device)
         recompute_statistics_of(self)
         super().on_validation_model_eval()
 
     def on_validation_epoch_start(self) -> None:
         if self.evaluating_an_epoch:
-            self.stop_clock()
+            self.clock.stop(self.device)
         self._sums = torch.zeros(len(EVAL_SETS), len(metrics.SUMS), dtype=torch.float64, device=self.device)
 
     def validation_step(self, chunk: Chunk, batch_idx: int, dataloader_idx: int = 0) -> None:
         """One chunk of a set (`dataloader_idx` in EVAL_SETS order): its summed loss, errors and count."""
         logits = self(chunk.x)
         self._sums[dataloader_idx] += metrics.chunk_sums(self.loss(logits, chunk.y), logits, chunk.y)
-        for metric in self.set_metrics[f"{EVAL_SETS[dataloader_idx]}_set"].values():
-            metric.update(logits, chunk.y)
+        self.set_metrics.add_chunk(dataloader_idx, logits, chunk.y)
 
     def on_validation_epoch_end(self) -> None:
-        measured: dict[str, float] = {}
-        for stage in EVAL_SETS:
-            for name, metric in self.set_metrics[f"{stage}_set"].items():  # on every rank: torchmetrics gathers them
-                measured |= metrics.metric_figures(stage, name, metric.compute())
-                metric.reset()
-        figures = metrics.figures(self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist(), measured)
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum").tolist()
+        figures = metrics.figures(sums, self.set_metrics.compute_and_reset())
         self.last_evaluation = figures
         if not self.evaluating_an_epoch:
             return
         epoch = self.current_epoch + 1
         lr = self.optimizers().param_groups[0]["lr"]
-        if not math.isfinite(figures["train/loss"]):  # the epoch's last step made the weights non-finite
-            raise Diverged(
-                epoch,
-                self.global_step + 1,
-                f"training diverged in epoch {epoch}: the training loss after its last step is "
-                f"{figures['train/loss']}; lower the learning rate (optimizer.lr, {lr:g})",
-            )
+        check_evaluated_loss(figures["train/loss"], epoch, self.global_step + 1, lr)
         num_train = getattr(self.trainer.datamodule, "num_train", None)
         passes = self.samples_evaluated / num_train if num_train else math.nan
         progress = (float(self.global_step), float(self.samples_seen), passes, lr, self.clock.done)
@@ -225,7 +195,7 @@ class Classifier(LightningModule):
         if self.trainer.is_global_zero:
             log.info(results.epoch_line(self.history[-1]))
             if shown:
-                log.info("epoch %d measured: %s", epoch, "  ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+                log.info(results.measured_line(epoch, shown))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The run's bookkeeping (descent.checkpoints.StepState adds the step's own state)."""

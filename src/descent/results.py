@@ -130,6 +130,19 @@ def epoch_line(row: dict[str, float]) -> str:
     )
 
 
+def unevaluated_line(epoch: int, max_epochs: int, every: int, steps: int, seconds: float, lr: float) -> str:
+    """The line of an epoch without an evaluation (trainer.check_val_every_n_epoch > 1): how far the run is."""
+    return (
+        f"epoch {epoch} of {max_epochs} trained, not evaluated (trainer.check_val_every_n_epoch={every}): "
+        f"{steps} steps, {seconds:.1f} s, lr {lr:.4g}"
+    )
+
+
+def measured_line(epoch: int, figures: Mapping[str, float]) -> str:
+    """A measurement's figures that asked for the console (descent.measurement.EpochMeasurement.console)."""
+    return f"epoch {epoch} measured: " + "  ".join(f"{name} {value:.4g}" for name, value in figures.items())
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The final and best epoch's TABLE figures and the configured metrics' val and test ones, a row each."""
     columns = [*TABLE, *(f"{stage}/{name}" for name in user_metrics(result["final"]) for stage in ("val", "test"))]

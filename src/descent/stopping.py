@@ -6,6 +6,7 @@ are then saved (`descent.stepping.interrupted`); a second SIGINT stops at once. 
 a time limit) does the same during training.
 """
 
+import math
 import signal
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,17 @@ class StoppedEarly(DescentError):
 
 class Diverged(StoppedEarly):
     """The loss became NaN or infinite."""
+
+
+def check_evaluated_loss(train_loss: float, epoch: int, step: int, lr: float) -> None:
+    """The epoch's last step may have made the weights non-finite, which the evaluation of theta^k shows first."""
+    if not math.isfinite(train_loss):
+        raise Diverged(
+            epoch,
+            step,
+            f"training diverged in epoch {epoch}: the training loss after its last step is {train_loss}; lower the "
+            f"learning rate (optimizer.lr, {lr:g})",
+        )
 
 
 class Interrupted(StoppedEarly):
