@@ -1,4 +1,4 @@
-"""The README's "Adapting descent" recipes, followed as written.
+"""The "Adapting descent" recipes (docs/adapting.md), followed as written.
 
 Each test adds the files its recipe names, word for word, to `src/` and `conf/` of a copy of the repository's
 entry point and configs under tmp_path (the repository itself is left alone), then trains with them as the recipe
@@ -27,7 +27,7 @@ from descent.data.idx import read_idx
 from descent.nets import MLP
 from descent.training import train
 
-# The recipes' files, as the README prints them.
+# The recipes' files, as docs/adapting.md prints them.
 
 MY_NETS = '''\
 from torch import nn
@@ -387,11 +387,33 @@ def test_a_data_set_too_big_for_memory_is_read_on_demand(
 # 4. A new metric
 
 
-def readme_files(section: str) -> dict[str, str]:
-    """The files a README section prints: each fenced block whose first line is `# src/...` or `# conf/...`."""
-    readme = (ROOT / "README.md").read_text()
-    text = readme[readme.index(f"\n{section}\n") :]
-    text = text[: re.search(r"\n##+ ", text[1:]).start() + 1]  # up to the next heading
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def doc_section(title: str) -> str | None:
+    """The text under the heading `title` (any level) in the README or a docs/ page, up to the next heading; a `#`
+    line inside a code block is no heading. None where no page has it, as a README of one's own may not."""
+    for page in DOCS:
+        lines, fenced, section = page.read_text().splitlines() if page.is_file() else [], False, None
+        for line in lines:
+            fenced ^= line.startswith("```")
+            heading = not fenced and re.match(r"#{1,6} ", line)
+            if heading and section is not None:
+                return "\n".join(section)
+            if heading and line.lstrip("#").strip() == title:
+                section = []
+            elif section is not None:
+                section.append(line)
+        if section is not None:
+            return "\n".join(section)
+    return None
+
+
+def readme_files(title: str) -> dict[str, str]:
+    """The files a recipe prints: each fenced block whose first line is `# src/...` or `# conf/...`."""
+    text = doc_section(title)
+    if text is None:
+        pytest.skip(f"README.md and docs/ have no section {title!r}: no recipe to follow")
     files = {}
     for block in text.split("```")[1::2]:
         body = block.split("\n", 1)[1]
@@ -399,6 +421,17 @@ def readme_files(section: str) -> dict[str, str]:
             if line.startswith(("# src/", "# conf/")):
                 files[line[2:].split()[0]] = body
     return files
+
+
+def test_a_readme_of_one_s_own_skips_the_recipes_it_does_not_hold(tmp_path: Path, monkeypatch) -> None:
+    """A fork's README without the recipes: their tests skip in one line, and a `# ...` line in a code block is no
+    heading that ends a section."""
+    own = tmp_path / "README.md"
+    own.write_text("# mine\n\n## Another loss\n\n```python\n# src/my_losses.py\nx = 1\n```\n\n# Next\n")
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", [tmp_path / "absent.md", own])
+    assert readme_files("Another loss") == {"src/my_losses.py": "# src/my_losses.py\nx = 1\n"}
+    with pytest.raises(pytest.skip.Exception, match="^README.md and docs/ have no section 'A new metric'"):
+        readme_files("A new metric")
 
 
 def last_logits(run_dir: Path, idx_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -412,7 +445,7 @@ def last_logits(run_dir: Path, idx_dir: Path) -> dict[str, tuple[torch.Tensor, t
 
 
 def test_a_new_metric_is_a_yaml_or_a_metric_class_of_your_own(tmp_path: Path, idx_dir: Path) -> None:
-    files = readme_files("### A new metric")
+    files = readme_files("A new metric")
     assert set(files) == {"conf/metrics/weighted_f1.yaml", "src/my_metrics.py", "conf/metrics/top2_error.yaml"}
     root = user_copy(tmp_path, files)
     run_dir = tmp_path / "run"
@@ -452,7 +485,7 @@ def test_a_new_metric_is_a_yaml_or_a_metric_class_of_your_own(tmp_path: Path, id
 def test_another_loss_is_a_function_and_a_loss_yaml(tmp_path: Path, idx_dir: Path) -> None:
     """The README's focal loss: the figures are its mean over each set, and one GD step in chunks of 7 equals the
     step in one chunk (float64), so the chunk sums hold for it."""
-    files = readme_files("### Another loss")
+    files = readme_files("Another loss")
     assert set(files) == {"src/my_losses.py", "conf/loss/focal.yaml"}
     root = user_copy(tmp_path, files)
     common = ["src/train.py", "loss=focal", "optimizer=gd", *on_idx(idx_dir), "model.net.hidden=[32]", "max_epochs=1"]
@@ -475,7 +508,7 @@ def test_another_loss_is_a_function_and_a_loss_yaml(tmp_path: Path, idx_dir: Pat
 
 
 def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Path) -> None:
-    files = readme_files("### Another logger")
+    files = readme_files("Another logger")
     assert set(files) == {"src/my_loggers.py", "conf/logger/jsonl.yaml"}
     root = user_copy(tmp_path, files)
     run_dir = tmp_path / "run"

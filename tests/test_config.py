@@ -1,5 +1,11 @@
-"""Every option of every config group composes and instantiates."""
+"""Every option of every config group composes and instantiates; the README's table of groups names only files that
+exist.
 
+The options are those of CONF (`DESCENT_CONF=<dir>`: the config dir a fork gives `src/train.py` as `-cd`), so a
+user's own files are tested as the template's are. Where a test swaps the data a yaml names for its small stand-in
+files, the yaml's subset (`data.train_size`) is made to fit them."""
+
+import warnings
 from pathlib import Path
 
 import lightning
@@ -9,7 +15,7 @@ from helpers import CONF, ROOT, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from descent.config import check_config
 from descent.data import ImageData
@@ -21,6 +27,16 @@ from descent.training import build
 
 def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+def on_stand_in(cfg: DictConfig) -> DictConfig:
+    """The test's small files (make_cfg's) for a data set read from files: never the system's copy, and a subset of
+    100 where the yaml asks for one, which the stand-in's 500 training samples may be too few for."""
+    if "system_dir" in cfg.data:
+        cfg.data.system_dir = None
+    if "data_dir" in cfg.data and cfg.data.get("train_size"):
+        cfg.data.train_size = 100
+    return cfg
 
 
 def test_groups_have_the_options_the_readme_promises() -> None:
@@ -36,9 +52,7 @@ STREAMED_DATA = {"imagenet32", "imagenet64", "imagefolder"}
 
 @pytest.mark.parametrize("data", sorted(set(options("data")) - STREAMED_DATA))
 def test_data_option_instantiates_and_loads(make_cfg, data: str, tmp_path: Path) -> None:
-    cfg = make_cfg(f"data={data}")
-    if data == "fashion_mnist":  # the test's own files, not the system's
-        cfg.data.system_dir = None
+    cfg = on_stand_in(make_cfg(f"data={data}"))
     module, model = build(cfg)
     assert isinstance(module, ImageData) and isinstance(model, Classifier)
     images, y = module.sets["train"]
@@ -64,8 +78,17 @@ def test_optimizer_and_scheduler_options_instantiate(make_cfg, optimizer: str, s
     assert cfg.full_batch == (optimizer in ("gd", "lbfgs"))  # full-batch methods
 
 
+@pytest.fixture
+def in_a_run_s_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working dir holding logs/, as train.py's run dir under logs/ makes it: MLflow's SQLite store goes there, not
+    into the repository's logs/ (which a fresh clone does not have yet)."""
+    (tmp_path / "logs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.mark.parametrize("logger", options("logger"))
-def test_logger_options_instantiate(make_cfg, logger: str) -> None:
+def test_logger_options_instantiate(make_cfg, logger: str, in_a_run_s_cwd: Path) -> None:
     """Each option alone (a run's files in its run dir; MLflow's store under logs/), and all at once."""
     cfg = make_cfg(f"logger={logger}")
     built = build_loggers(cfg)
@@ -81,7 +104,7 @@ def logger_class(node) -> str:
     return node._target_.rsplit(".", 1)[-1]
 
 
-def test_several_loggers_at_once(make_cfg) -> None:
+def test_several_loggers_at_once(make_cfg, in_a_run_s_cwd: Path) -> None:
     every = [name for name in options("logger") if name != "none"]
     cfg = make_cfg(f"logger=[{','.join(every)}]")
     assert [type(one).__name__ for one in build_loggers(cfg)] == [logger_class(cfg.logger[name]) for name in every]
@@ -152,7 +175,8 @@ RESULTS_EXPERIMENTS = {
         "max_epochs": 60,
     },
 }
-"""The settings that README's "Results against the published tables" states for each row: change both together."""
+"""The settings that "Results against the published tables" (docs/studies.md) states for each row: change both
+together."""
 
 
 @pytest.mark.parametrize("experiment", sorted(RESULTS_EXPERIMENTS))
@@ -175,9 +199,7 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
     assert composed.full_batch == (recipe["batch_size"] == "full")
 
     # And it builds on the test's small files, with the real widths (the test's overrides would set model.hidden).
-    cfg = make_cfg(f"experiment={experiment}", f"model.net.hidden={recipe['hidden']}")
-    if "system_dir" in cfg.data:  # the test's own files, not the system's
-        cfg.data.system_dir = None
+    cfg = on_stand_in(make_cfg(f"experiment={experiment}", f"model.net.hidden={recipe['hidden']}"))
     check_config(cfg)
     data, model = build(cfg)
     assert data.samples_per_step == (data.num_train if recipe["batch_size"] == "full" else recipe["batch_size"])
@@ -334,27 +356,82 @@ def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) ->
     assert composed.scheduler.T_max == composed.max_epochs == 30 and composed.batch_size == 128
     assert composed.trainer.check_val_every_n_epoch == 10 and composed.model.loss.label_smoothing == 0.1
     assert composed.trainer.precision == "bf16-mixed" and composed.chunk_size == 512
-    cfg = make_cfg("experiment=fashion_mnist_resnet")
-    cfg.data.system_dir = None  # the test's own files
+    cfg = on_stand_in(make_cfg("experiment=fashion_mnist_resnet"))
     check_config(cfg)
     data, model = build(cfg)
     assert data.augment is not None and len(model.norms) == 7 and data.samples_per_group == 32
 
 
-def test_the_readme_lists_every_group_and_option() -> None:
-    """The README's table of config groups names exactly the groups and options in the repository's conf/."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| group | options | what it sets |") :].split("\n\n")[0].splitlines()[2:]
-    listed = {}
-    for row in table:
-        group, options_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
-        listed[group.strip("`")] = {option.strip(" `") for option in options_cell.split(",")}
-    conf = ROOT / "conf"
-    on_disk = {str(path.parent.relative_to(conf)): set() for path in conf.rglob("*.yaml") if path.parent != conf}
+GROUPS_TABLE = "| group | options | what it sets |"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def documented_groups(pages: list[Path]) -> tuple[Path, dict[str, set[str]]] | None:
+    """The first page holding the table of config groups, with each group and the options its row names (None: no
+    page has the table, as a README of one's own may not)."""
+    for page in pages:
+        text = page.read_text() if page.is_file() else ""
+        if GROUPS_TABLE in text:
+            rows = text[text.index(GROUPS_TABLE) :].split("\n\n")[0].splitlines()[2:]
+            cells = [[cell.strip(" `") for cell in row.strip("|").split("|")[:2]] for row in rows]
+            return page, {group: {option.strip(" `") for option in names.split(",")} for group, names in cells}
+    return None
+
+
+def configs_in(conf: Path) -> dict[str, set[str]]:
+    """Each group of a config dir (`hydra/launcher` for a nested one) with its options."""
+    groups: dict[str, set[str]] = {}
     for path in conf.rglob("*.yaml"):
         if path.parent != conf:
-            on_disk[str(path.parent.relative_to(conf))].add(path.stem)
-    assert listed == on_disk
+            groups.setdefault(path.parent.relative_to(conf).as_posix(), set()).add(path.stem)
+    return groups
+
+
+def check_groups_table(page: Path, listed: dict[str, set[str]], conf: Path) -> None:
+    """Fails where the table names a group or option with no file in `conf`; a file the table does not name is a
+    warning saying which row to add it to (a user's own config is no mistake of the docs)."""
+    on_disk = configs_in(conf)
+    absent = [f"{group}={option}" for group in listed for option in sorted(listed[group] - on_disk.get(group, set()))]
+    assert not absent, f"{page.name}'s table of config groups names options with no file in {conf}: {absent}"
+    for group, options in sorted(on_disk.items()):
+        for option in sorted(options - listed.get(group, set())):
+            file = conf / group / f"{option}.yaml"
+            if group in listed:
+                where = f"add `{option}` to its row | `{group}` | ... |"
+            else:
+                where = f"add a row | `{group}` | `{option}` | what it sets |"
+            warnings.warn(f"{file} is not in {page.name}'s table of config groups: {where}", stacklevel=2)
+
+
+def test_the_readme_lists_every_group_and_option() -> None:
+    """The README's table of config groups names only groups and options that exist in the config dir; one that the
+    table does not name is a warning."""
+    found = documented_groups(DOCS)
+    if found is None:
+        pytest.skip(f"README.md and docs/ hold no table of config groups ({GROUPS_TABLE}) to check against {CONF}")
+    check_groups_table(*found, CONF)
+
+
+def test_a_config_the_table_does_not_name_is_a_warning_and_a_name_without_a_file_a_failure(tmp_path: Path) -> None:
+    table = tmp_path / "README.md"
+    table.write_text(f"# mine\n\n{GROUPS_TABLE}\n| --- | --- | --- |\n| `data` | `mnist` | the data |\n\nmore\n")
+    conf = tmp_path / "conf"
+    for path in ("data/mnist.yaml", "data/mine.yaml", "hydra/launcher/mine.yaml", "train.yaml"):
+        (conf / path).parent.mkdir(parents=True, exist_ok=True)
+        (conf / path).write_text("{}\n")
+    found = documented_groups([tmp_path / "absent.md", table])
+    assert found == (table, {"data": {"mnist"}})
+    with pytest.warns(UserWarning) as warned:
+        check_groups_table(*found, conf)
+    assert [str(warning.message) for warning in warned] == [
+        f"{conf}/data/mine.yaml is not in README.md's table of config groups: add `mine` to its row | `data` | ... |",
+        f"{conf}/hydra/launcher/mine.yaml is not in README.md's table of config groups: add a row "
+        "| `hydra/launcher` | `mine` | what it sets |",
+    ]
+    (conf / "data" / "mnist.yaml").unlink()
+    with pytest.raises(AssertionError, match=r"names options with no file in .*\['data=mnist'\]"):
+        check_groups_table(*found, conf)
+    assert documented_groups([tmp_path / "absent.md"]) is None
 
 
 def test_a_loss_file_without_its_package_header_is_refused(make_cfg) -> None:
@@ -366,11 +443,7 @@ def test_a_loss_file_without_its_package_header_is_refused(make_cfg) -> None:
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_passes_the_checks_and_builds(make_cfg, experiment: str) -> None:
-    cfg = make_cfg(f"experiment={experiment}")
-    if "system_dir" in cfg.data:  # the test's own files, not the system's
-        cfg.data.system_dir = None
-    if cfg.data.get("train_size"):  # a subset of the real set: of the test's 500 here
-        cfg.data.train_size = 100
+    cfg = on_stand_in(make_cfg(f"experiment={experiment}"))
     check_config(cfg)
     data, model = build(cfg)
     assert data.num_train == (cfg.data.get("train_size") or 500)
