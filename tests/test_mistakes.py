@@ -163,3 +163,11 @@ def test_every_mistake_the_readme_shows_gets_the_line_it_shows() -> None:
                 warnings.warn(f"{command}: the docs' line leaves out {', '.join(sorted(found - listed))}", stacklevel=2)
                 said = line
         assert (done.returncode, said) == (2, line), command
+
+
+def test_an_mlflow_store_in_a_folder_not_made_yet_is_made(make_cfg, tmp_path: Path) -> None:
+    """A fresh clone's logs/, or a store of one's own elsewhere: SQLite makes the file but not its folder."""
+    pytest.importorskip("mlflow", reason="the mlflow extra (make install installs it)")
+    store = tmp_path / "not" / "made" / "mlflow.db"
+    train(make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{store}", "max_epochs=1"))
+    assert store.is_file() and store.stat().st_size > 0

@@ -52,6 +52,8 @@ def mlflow_logger(node: DictConfig, settings: dict[str, Any]) -> Logger:
     `artifact_location` says where), and that empty dir goes again.
     """
     database = sqlite_file(node.get("tracking_uri"))
+    if database is not None:  # SQLite makes the file, not its folder: logs/ of a fresh clone, or one's own
+        database.parent.mkdir(parents=True, exist_ok=True)
     if database is not None and node.get("artifact_location") is None:
         settings = settings | {"artifact_location": str(database.parent / "mlruns")}
     default_root = Path("mlruns")  # MLflow's DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH

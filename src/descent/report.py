@@ -183,7 +183,7 @@ def curvature_section(runs: list[Run], sweep_dir: Path) -> str:
     measured = [run for run in runs if SHARPNESS in run.history[-1]]
     if not measured:
         return ""
-    curvature_figure(measured, f"{sweep_dir}: sharpness against 2 / lr").savefig(sweep_dir / "curvature.png", dpi=100)
+    curvature_figure(measured, f"{sweep_dir.name}: sharpness against 2 / lr").savefig(sweep_dir / "curvature.png", dpi=100)
     lines = [
         "## Sharpness against 2 / lr",
         "",
@@ -217,7 +217,7 @@ def flow_section(runs: list[Run], sweep_dir: Path) -> str:
             label = f"{run.name}, epoch {int(row['epoch'])}"
             ax.plot(depths, norms, style, color=f"C{index}", marker="o", label=label)
     ax.set(xlabel="layer (1 = input)", ylabel="gradient norm |dL/dW|", yscale="log", xticks=depths,
-           title=f"{sweep_dir}: the gradient through the chain of Jacobians")  # fmt: skip
+           title=f"{sweep_dir.name}: the gradient through the chain of Jacobians")  # fmt: skip
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     figure.savefig(sweep_dir / "gradient_flow.png", dpi=100)
@@ -240,7 +240,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
     runs = finished_runs(sweep_dir)
     if target_error is None:
         target_error = default_target_error(runs)
-    plot(runs, f"{sweep_dir}: {len(runs)} runs").savefig(sweep_dir / "report.png", dpi=100)
+    plot(runs, f"{sweep_dir.name}: {len(runs)} runs").savefig(sweep_dir / "report.png", dpi=100)
     markdown = "\n".join(
         [
             f"# {sweep_dir}",

@@ -10,14 +10,14 @@ images on the device as they are needed.
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from descent import monitor
-from descent.data.steps import Chunks, Index, Plan, Steps, set_chunks
+from descent.data.steps import Chunks, Images, Index, Plan, Steps, set_chunks
 from descent.errors import is_whole, require
 
 if TYPE_CHECKING:
@@ -30,23 +30,6 @@ EVAL_SETS = monitor.EVAL_SETS
 
 TRAIN_SUBSET_STREAM = 0x7375627365
 """Added to split_seed for eval.train_samples' subset ("subse" in ASCII): apart from the split's own draw."""
-
-
-class Images(Protocol):
-    """What a set too big for memory implements: its length, a subset, and the images at each index of a plan."""
-
-    shape: tuple[int, ...]  # one image: [C, H, W]
-
-    def __len__(self) -> int: ...
-
-    def subset(self, rows: Tensor) -> "Images":
-        """The images at `rows`, in that order (the validation split is carved with it)."""
-
-    def to(self, device: torch.device) -> "Images":
-        """Produce images on `device` from now on."""
-
-    def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
-        """Float images [n, C, H, W] on the device, normalised, for each index in turn (it may read ahead)."""
 
 
 class Tensors:

@@ -8,18 +8,34 @@ batch per optimizer step in training (the step's chunks) and one batch per chunk
 
 import itertools
 import math
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
     from descent.data.augment import Augment
-    from descent.data.base import Images
 
 Index = Tensor | slice
 """Samples of a set: positions (a permutation's part) or a contiguous range (sets read in order)."""
+
+
+class Images(Protocol):
+    """What a set too big for memory implements: its length, a subset, and the images at each index of a plan."""
+
+    shape: tuple[int, ...]  # one image: [C, H, W]
+
+    def __len__(self) -> int: ...
+
+    def subset(self, rows: Tensor) -> "Images":
+        """The images at `rows`, in that order (the validation split is carved with it)."""
+
+    def to(self, device: torch.device) -> "Images":
+        """Produce images on `device` from now on."""
+
+    def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
+        """Float images [n, C, H, W] on the device, normalised, for each index in turn (it may read ahead)."""
 
 
 class Chunk(NamedTuple):
