@@ -15,6 +15,7 @@ fixes the sets instead:
 Any other module that mixes the samples of a batch is found by a probe before training (`check_samples_apart`).
 """
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from descent.data import set_chunks
 from descent.errors import DescentError, is_whole, require
+
+log = logging.getLogger(__name__)
 
 
 class GhostBatchNorm(_BatchNorm):
@@ -232,3 +235,22 @@ def check_samples_apart(net: nn.Module, input_shape: tuple[int, ...], one_pass: 
                 "chunk_size and the number of devices; use nn.BatchNorm1d/2d/3d or a per-sample layer (GroupNorm, "
                 f"LayerNorm), or chunk_size={one_pass_chunk} on one device (each step and each set in one pass)"
             )
+
+
+def check_batch_coupling(data: Any, model: Any, world_size: int) -> None:
+    """Before training (data: descent.data.ImageData, model: descent.module.Classifier): refuse a network whose
+    samples mix in a way chunks would change; say how BatchNorm's groups meet the chunk size."""
+    largest_set = max(len(y) for _, y in data.sets.values())
+    one_pass_chunk = max(data.samples_per_step, largest_set)
+    one_pass = world_size == 1 and data.samples_per_chunk >= one_pass_chunk
+    check_samples_apart(model.net, data.input_shape, one_pass, one_pass_chunk)
+    group = data.samples_per_group
+    if group > 1 and data.samples_per_chunk % group:
+        held = max(group, data.samples_per_chunk // group * group)
+        log.info(
+            "BatchNorm in groups of model.norm_batch_size=%d: chunks hold whole groups, %d samples at most "
+            "(chunk_size %d)",
+            group,
+            held,
+            data.samples_per_chunk,
+        )

@@ -268,3 +268,19 @@ class StepState(Callback):
         state = checkpoint.get("descent", {})
         if "rng" in state and trainer.state.fn == TrainerFn.FITTING:
             torch.set_rng_state(state["rng"].cpu())
+
+
+def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
+    """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes;
+    `resume=` goes on from it at that step."""
+    steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")  # checked by check_config
+    if steps is None and minutes is None:
+        return []
+    path = run_dir / "checkpoints" / "periodic.ckpt"
+    return [PeriodicCheckpoint(path, steps, None if minutes is None else 60 * minutes)]
+
+
+def in_precision(model: torch.nn.Module, trainer: Any) -> None:
+    """The module in the run's precision (float64 under 64-true) before any checkpoint is loaded into it: Lightning
+    loads `ckpt_path` before it converts the module, which would round float64 weights to float32 on the way."""
+    trainer.precision_plugin.convert_module(model)

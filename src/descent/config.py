@@ -150,3 +150,11 @@ def check_net(model: DictConfig) -> None:
         check(**settings)
     if backprop == "manual":
         check_mlp(build if isinstance(build, type) else object)
+
+
+def one_max_epochs(cfg: DictConfig) -> None:
+    """`trainer.max_epochs` (Lightning's flag, as its users type it) and `max_epochs` are one setting: the schedule,
+    the warm-up and the report all read `max_epochs`, so a trainer's own value becomes it."""
+    trainer = cfg.trainer
+    if "max_epochs" in trainer and not OmegaConf.is_interpolation(trainer, "max_epochs"):
+        cfg.max_epochs = trainer.max_epochs

@@ -3,6 +3,7 @@ run's settings, and closed."""
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,31 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
     return flat
+
+
+LIGHTNING_WARNINGS_ANSWERED = (
+    # The epoch's figures are reduced over the ranks before they are logged: the advice to sync them is moot.
+    r".*when logging on epoch level in distributed setting",
+    # Per-epoch figures are logged every epoch whatever the interval; the step loss appears once there are steps.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # resume= goes on in the run's own checkpoint dir, on purpose.
+    r"Checkpoint directory .* exists and is not empty",
+    # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
+    r".*isinstance\(treespec, LeafSpec\)",
+)
+"""Lightning warnings that descent's own design answers; every other warning is shown."""
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (devices present or not, a cloud product's tip, limits left at 100%) say nothing a
+    run's own lines do not; its warnings still show (a GPU present but unused among them), but for those descent
+    answers. Its own console handler goes too: under Hydra, its records reach the console and train.log once,
+    through the root logger."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.profilers").setLevel(logging.INFO)  # debug=profile's report is its point
+    for message in LIGHTNING_WARNINGS_ANSWERED:
+        warnings.filterwarnings("ignore", message=message)

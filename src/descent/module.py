@@ -97,7 +97,7 @@ class Classifier(LightningModule):
     def on_fit_start(self) -> None:
         num_classes = getattr(self.trainer.datamodule, "num_classes", None)
         if num_classes is not None:
-            check_loss_sums(self.loss, num_classes, next(self.net.parameters()).dtype, self.device)
+            check_loss_sums(self.criterion, num_classes, next(self.net.parameters()).dtype, self.device)
         check_precision(self.backprop, self.trainer.precision_plugin, self.trainer.precision)
 
     def training_step(self, chunks: Sequence[Chunk], batch_idx: int) -> None:

@@ -183,7 +183,8 @@ def curvature_section(runs: list[Run], sweep_dir: Path) -> str:
     measured = [run for run in runs if SHARPNESS in run.history[-1]]
     if not measured:
         return ""
-    curvature_figure(measured, f"{sweep_dir.name}: sharpness against 2 / lr").savefig(sweep_dir / "curvature.png", dpi=100)
+    figure = curvature_figure(measured, f"{sweep_dir.name}: sharpness against 2 / lr")
+    figure.savefig(sweep_dir / "curvature.png", dpi=100)
     lines = [
         "## Sharpness against 2 / lr",
         "",

@@ -127,3 +127,15 @@ def stop_on_signals() -> Iterator[dict[int, Any]]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def why_it_ended(trainer: Any, epoch: int) -> dict[str, Any]:
+    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, or an early-stopping callback."""
+    stopper = trainer.early_stopping_callback
+    if stopper is not None and stopper.stopped_epoch > 0:
+        reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
+    elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"
+    else:
+        reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
+    return {"reason": reason, "epoch": epoch, "step": trainer.global_step, "message": message}

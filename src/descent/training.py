@@ -14,63 +14,36 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from descent import metrics, results, slurm
-from descent.batchnorm import check_samples_apart
+from descent.batchnorm import check_batch_coupling
 from descent.checkpoints import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
-    PeriodicCheckpoint,
     StepState,
     check_fits,
+    in_precision,
     load,
     newest_checkpoint,
+    periodic_checkpoints,
 )
-from descent.config import check_config
+from descent.config import check_config, one_max_epochs
 from descent.curvature import GradientFlow, Sharpness
 from descent.data import ImageData
 from descent.errors import require
 from descent.files import replace_text
-from descent.loggers import build_loggers, finish_logger_runs, log_settings
+from descent.loggers import build_loggers, finish_logger_runs, log_settings, quiet_lightning
 from descent.memory import estimate, free_bytes, plan_chunk_size, run_dtype
 from descent.module import Classifier
 from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
 from descent.stepping import KeepWeightsOnLightningStop
-from descent.stopping import StoppedEarly, received, stop_on_signals
+from descent.stopping import StoppedEarly, received, stop_on_signals, why_it_ended
 from descent.tensorboard import TensorBoardTabs, hyperparameters
 
 log = logging.getLogger(__name__)
 
 CLIPPING = ("gradient_clip_val", "gradient_clip_algorithm")
 """Trainer settings the module applies itself: Lightning refuses them under manual optimization."""
-
-
-LIGHTNING_WARNINGS_ANSWERED = (
-    # The epoch's figures are reduced over the ranks before they are logged: the advice to sync them is moot.
-    r".*when logging on epoch level in distributed setting",
-    # Per-epoch figures are logged every epoch whatever the interval; the step loss appears once there are steps.
-    r"The number of training batches \(\d+\) is smaller than the logging interval",
-    # resume= goes on in the run's own checkpoint dir, on purpose.
-    r"Checkpoint directory .* exists and is not empty",
-    # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
-    r".*isinstance\(treespec, LeafSpec\)",
-)
-"""Lightning warnings that descent's own design answers; every other warning is shown."""
-
-
-def quiet_lightning() -> None:
-    """Lightning's info lines (devices present or not, a cloud product's tip, limits left at 100%) say nothing a
-    run's own lines do not; its warnings still show (a GPU present but unused among them), but for those descent
-    answers. Its own console handler goes too: under Hydra, its records reach the console and train.log once,
-    through the root logger."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-        logger.setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.profilers").setLevel(logging.INFO)  # debug=profile's report is its point
-    for message in LIGHTNING_WARNINGS_ANSWERED:
-        warnings.filterwarnings("ignore", message=message)
 
 
 def build(cfg: DictConfig) -> tuple[ImageData, Classifier]:
@@ -120,25 +93,6 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
     return plan_chunk_size(plan, per_device, data.samples_per_chunk, cfg.full_batch, device)
 
 
-def check_batch_coupling(data: ImageData, model: Classifier, world_size: int) -> None:
-    """Before training: refuse a network whose samples mix in a way chunks would change; say how BatchNorm's groups
-    meet the chunk size."""
-    largest_set = max(len(y) for _, y in data.sets.values())
-    one_pass_chunk = max(data.samples_per_step, largest_set)
-    one_pass = world_size == 1 and data.samples_per_chunk >= one_pass_chunk
-    check_samples_apart(model.net, data.input_shape, one_pass, one_pass_chunk)
-    group = data.samples_per_group
-    if group > 1 and data.samples_per_chunk % group:
-        held = max(group, data.samples_per_chunk // group * group)
-        log.info(
-            "BatchNorm in groups of model.norm_batch_size=%d: chunks hold whole groups, %d samples at most "
-            "(chunk_size %d)",
-            group,
-            held,
-            data.samples_per_chunk,
-        )
-
-
 def build_trainer(
     cfg: DictConfig, run_dir: Path, callbacks: tuple[Callback, ...] = (), **overrides: Any
 ) -> lightning.Trainer:
@@ -171,12 +125,6 @@ def build_trainer(
     )
 
 
-def in_precision(model: Classifier, trainer: lightning.Trainer) -> None:
-    """The module in the run's precision (float64 under 64-true) before any checkpoint is loaded into it: Lightning
-    loads `ckpt_path` before it converts the module, which would round float64 weights to float32 on the way."""
-    trainer.precision_plugin.convert_module(model)
-
-
 def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     """The opt-in measurements at theta^k of every evaluated epoch: gradient noise, sharpness, gradient flow."""
     noise, curvature = cfg.get("noise") or {}, cfg.get("curvature") or {}
@@ -190,16 +138,6 @@ def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     return tuple(chosen)
 
 
-def periodic_checkpoints(settings: DictConfig | dict, run_dir: Path) -> list[PeriodicCheckpoint]:
-    """checkpoints/periodic.ckpt every `checkpoint.every_n_steps` optimizer steps and/or `every_n_minutes` minutes;
-    `resume=` goes on from it at that step."""
-    steps, minutes = settings.get("every_n_steps"), settings.get("every_n_minutes")  # checked by check_config
-    if steps is None and minutes is None:
-        return []
-    path = run_dir / "checkpoints" / "periodic.ckpt"
-    return [PeriodicCheckpoint(path, steps, None if minutes is None else 60 * minutes)]
-
-
 def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
     """`trainer` as Lightning's Trainer takes it: clipping left to the module (see Classifier), and the progress
     bar, unless set, on in a terminal and off in a log file (one line per epoch there); `build_trainer` gives the
@@ -210,14 +148,6 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()
     return settings
-
-
-def one_max_epochs(cfg: DictConfig) -> None:
-    """`trainer.max_epochs` (Lightning's flag, as its users type it) and `max_epochs` are one setting: the schedule,
-    the warm-up and the report all read `max_epochs`, so a trainer's own value becomes it."""
-    trainer = cfg.trainer
-    if "max_epochs" in trainer and not OmegaConf.is_interpolation(trainer, "max_epochs"):
-        cfg.max_epochs = trainer.max_epochs
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -285,18 +215,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("\n%s", results.format_table(result))
         log.info("run dir %s: metrics.json, checkpoints/, train.log", run_dir)
     return result
-
-
-def why_it_ended(trainer: lightning.Trainer, epoch: int) -> dict[str, Any]:
-    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, or an early-stopping callback."""
-    stopper = trainer.early_stopping_callback
-    if stopper is not None and stopper.stopped_epoch > 0:
-        reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
-    elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
-        reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"
-    else:
-        reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
-    return {"reason": reason, "epoch": epoch, "step": trainer.global_step, "message": message}
 
 
 def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:
