@@ -33,6 +33,9 @@ train: data ## train with the default config (Fashion-MNIST, SGD, B=64, 10 epoch
 test: ## run the test suite (offline)
 	$(PY) -m pytest tests
 
+test-fast: ## the suite without the slow end-to-end runs (no DDP, browser or nested pytest): for the edit-run loop
+	$(PY) -m pytest tests -m "not slow"
+
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check src tests $(wildcard bench)
 	$(VENV)/bin/ruff format --check src tests $(wildcard bench)
@@ -59,4 +62,4 @@ tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs
 
 
-.PHONY: help install data train test lint report study bench bench-gd bench-imagenet tensorboard
+.PHONY: help install data train test test-fast lint report study bench bench-gd bench-imagenet tensorboard

@@ -1,10 +1,14 @@
 """Fixtures that write small, real data files and compose the real config around them."""
 
+import functools
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, compose_train, write_idx_set
+from helpers import ROOT, compose_train_small, environment, reference_step, write_idx_set
 from omegaconf import DictConfig
 
 
@@ -19,11 +23,54 @@ def make_cfg(tmp_path: Path, idx_dir: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml on the small IDX files, on the CPU, writing under tmp_path."""
 
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
-        cfg = compose_train(*SMALL, f"run_dir={run_dir or tmp_path / 'run'}", *overrides)
-        if "hidden" in cfg.model.net and not any(o.startswith("model.net.hidden=") for o in overrides):
-            cfg.model.net.hidden = [32]
-        if "data_dir" in cfg.data:  # never the network, never the user's data/
-            cfg.data.data_dir, cfg.data.download = str(idx_dir), False
-        return cfg
+        return compose_train_small(*overrides, idx_dir=idx_dir, run_dir=run_dir or tmp_path / "run")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Imagenet32-format .npz files: 600 training, 200 validation images of 10 classes."""
+    from descent.data.synthetic import write_npz_set
+
+    directory = tmp_path_factory.mktemp("imagenet32")
+    write_npz_set(directory, 600, 200, 32, 10)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(idx_dir: Path, imagenet32_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The run dir of each of ddp_runs.DDP_RUNS, all trained in one 2-rank process group (one torchrun)."""
+    from ddp_runs import DDP_RUNS
+
+    out = tmp_path_factory.mktemp("ddp")
+    runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "tests/ddp_runs.py", str(spec)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment(PYTHONPATH=str(ROOT / "tests")),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-5000:]
+    return {name: out / name for name in DDP_RUNS}
+
+
+def ddp_overrides(name: str, out: Path, imagenet32_dir: Path) -> list[str]:
+    """DDP_RUNS[name] with its dirs filled in."""
+    from ddp_runs import DDP_RUNS
+
+    return [item.format(out=out, imagenet32_dir=imagenet32_dir) for item in DDP_RUNS[name]]
+
+
+@pytest.fixture(scope="module")
+def reference(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict]:
+    """helpers.reference_step, computed once per module for each set of overrides: several tests check their
+    chunked, manual or DDP step against the same exact step."""
+    run_dir = tmp_path_factory.mktemp("reference")
+
+    @functools.cache
+    def step(*overrides: str) -> dict:
+        return reference_step(lambda *o: compose_train_small(*o, idx_dir=idx_dir, run_dir=run_dir), *overrides)
+
+    return step

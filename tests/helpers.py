@@ -17,10 +17,12 @@ import lightning
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from descent.data.idx import write_idx
+from descent.errors import DescentError
 from descent.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +92,37 @@ def compose_train(*overrides: str) -> DictConfig:
     """conf/train.yaml composed as the command line would."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=list(overrides))
+
+
+def compose_eval(*overrides: str) -> DictConfig:
+    """conf/eval.yaml composed as the command line would, on the CPU."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("eval", overrides=["trainer.accelerator=cpu", *overrides])
+
+
+def compose_train_small(*overrides: str, idx_dir: Path, run_dir: Path) -> DictConfig:
+    """`compose_train` with SMALL, writing into run_dir, on the small IDX files unless `data.data_dir=` is given,
+    and with hidden layers of 32 unless `model.net.hidden=` is given: what `make_cfg` and the DDP run compose."""
+    cfg = compose_train(*SMALL, f"run_dir={run_dir}", *overrides)
+    if "hidden" in cfg.model.net and not any(o.startswith("model.net.hidden=") for o in overrides):
+        cfg.model.net.hidden = [32]
+    if "data_dir" in cfg.data and not any(o.startswith("data.data_dir=") for o in overrides):
+        cfg.data.data_dir, cfg.data.download = str(idx_dir), False  # never the network, never the user's data/
+    return cfg
+
+
+def refusal(action: Callable[[], object]) -> str:
+    """The DescentError that `action` raises, as src/train.py and src/eval.py print it after `error: ` (a class's own
+    check reaches them as the cause of Hydra's InstantiationException)."""
+    try:
+        action()
+    except DescentError as error:
+        return str(error)
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, DescentError):
+            raise
+        return str(error.__cause__)
+    raise AssertionError("not refused")
 
 
 def small(idx_dir: Path) -> list[str]:

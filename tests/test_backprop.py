@@ -1,13 +1,11 @@
 """Backpropagation by hand (descent.backprop) equals autograd: gradients in float64, then whole training runs."""
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import EXACT, assert_same, reference_step, run, trained_step
+from helpers import EXACT, assert_same, compose_train, refusal, trained_step
 from torch import nn
 
 from descent.backprop import ACTIVATION_DERIVATIVES, backpropagate
@@ -106,12 +104,12 @@ def test_manual_backprop_refuses_a_network_that_is_not_an_mlp() -> None:
         Classifier(LeNet((1, 28, 28), 10), backprop="manual")
 
 
-@pytest.mark.slow
 def test_manual_backprop_with_the_cnn_on_the_command_line_is_one_line_before_data(tmp_path: Path) -> None:
-    done = run_train("model=cnn", "model.backprop=manual", "data.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}")
-    assert done.returncode == 2
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: model.backprop=manual supports only MLPs")
+    """Composed as `python src/train.py model=cnn model.backprop=manual` composes it (its message is what the
+    command prints after `error: `, as every refusal: test_robustness.py runs one)."""
+    cfg = compose_train("model=cnn", "model.backprop=manual", "data.data_dir=/nonexistent", f"run_dir={tmp_path}")
+    said = refusal(lambda: train(cfg))
+    assert said.startswith("model.backprop=manual supports only MLPs") and "\n" not in said
 
 
 TRAININGS = {
@@ -136,48 +134,40 @@ def test_two_epochs_give_the_same_losses_with_either_backprop(make_cfg, tmp_path
     assert runs["manual"][-1]["train/loss"] < runs["manual"][0]["train/loss"]
 
 
-def test_one_manual_gd_step_in_chunks_equals_one_autograd_step_on_all_the_data(make_cfg, tmp_path: Path) -> None:
+def test_one_manual_gd_step_in_chunks_equals_one_autograd_step_on_all_the_data(
+    make_cfg, reference, tmp_path: Path
+) -> None:
     """N = 500 in chunks of 7: the exact-GD accumulation holds to 1e-10 with the hand-written backward pass."""
     train(make_cfg(*EXACT, "chunk_size=7", "model.backprop=manual"))
-    assert_same(trained_step(tmp_path / "run"), reference_step(make_cfg))
-
-
-def run_train(*args: str) -> subprocess.CompletedProcess:
-    return run("src/train.py", *args)
+    assert_same(trained_step(tmp_path / "run"), reference())
 
 
 @pytest.mark.slow
 def test_the_issue_command_runs_and_matches_autograd(tmp_path: Path) -> None:
-    """`python src/train.py model.backprop=manual optimizer=gd data=synthetic max_epochs=2`, in float32."""
+    """`python src/train.py model.backprop=manual optimizer=gd data=synthetic max_epochs=2`, in float32, composed
+    as its command line composes it (on the CPU)."""
     histories = {}
     for backprop in ("manual", "autograd"):
         run_dir = tmp_path / backprop
-        done = run_train(
-            f"model.backprop={backprop}", "optimizer=gd", "data=synthetic", "max_epochs=2", f"hydra.run.dir={run_dir}"
-        )
-        assert done.returncode == 0, done.stderr
-        histories[backprop] = json.loads((run_dir / "metrics.json").read_text())["history"]
+        cfg = compose_train(
+            f"model.backprop={backprop}", "optimizer=gd", "data=synthetic", "max_epochs=2", "trainer=cpu",
+            f"run_dir={run_dir}",
+        )  # fmt: skip
+        histories[backprop] = train(cfg)["history"]
     for manual, autograd in zip(histories["manual"], histories["autograd"], strict=True):
         for key in ("train/loss", "val/loss", "test/loss"):
             assert manual[key] == pytest.approx(autograd[key], rel=1e-6), key
 
 
-@pytest.mark.slow
-def test_an_unknown_backprop_on_the_command_line_ends_in_one_line_and_exit_2(tmp_path: Path) -> None:
-    done = run_train("model.backprop=nope", "data=synthetic", f"hydra.run.dir={tmp_path}")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: model.backprop='nope' is not one of autograd, manual"]
+def test_an_unknown_backprop_on_the_command_line_ends_in_one_line(tmp_path: Path) -> None:
+    cfg = compose_train("model.backprop=nope", "data=synthetic", f"run_dir={tmp_path}")
+    assert refusal(lambda: train(cfg)) == "model.backprop='nope' is not one of autograd, manual"
 
 
 @pytest.mark.slow
 def test_one_manual_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
-    make_cfg, idx_dir: Path, tmp_path: Path
+    reference, ddp_runs: dict[str, Path]
 ) -> None:
-    """DDP's hooks see no autograd backward here: the module averages the ranks' gradients itself."""
-    run_dir = tmp_path / "ddp"
-    done = run_train(
-        "trainer=ddp_cpu", *EXACT, "chunk_size=33", "model.backprop=manual", "data.val_size=100",
-        "model.net.hidden=[32]", f"data.data_dir={idx_dir}", "data.download=false", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert_same(trained_step(run_dir), reference_step(make_cfg))
+    """DDP's hooks see no autograd backward here: the module averages the ranks' gradients itself (chunks of 33;
+    ddp_runs.DDP_RUNS["gd_manual_backprop"])."""
+    assert_same(trained_step(ddp_runs["gd_manual_backprop"]), reference())

@@ -1,15 +1,20 @@
-"""The commands of the README, run as a user runs them: subprocesses of src/train.py and src/eval.py."""
+"""The commands of the README, run as a user runs them: subprocesses of src/train.py and src/eval.py where the
+command line itself is tested (exit codes, one-line errors, Hydra's sweeps and logging); composed and called in this
+process (`train(cfg)`, `evaluate(cfg)`, `check_arguments`) where a subprocess would add only its start-up."""
 
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, events, run, scalars, small
+from helpers import ROOT, compose_eval, compose_train, compose_train_small, events, refusal, run, scalars, small
 
-pytestmark = pytest.mark.slow
+from descent.checkpoints import resumed_config
+from descent.command_line import check_arguments
+from descent.training import evaluate, train
 
 
+@pytest.mark.slow
 def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_path: Path) -> None:
     done = run("src/train.py", "optimizer=sgd", "batch_size=64", *small(idx_dir), f"hydra.run.dir={tmp_path}")
     assert done.returncode == 0, done.stderr
@@ -25,15 +30,14 @@ def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_
     assert "final (epoch 2)" in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(idx_dir: Path, tmp_path: Path) -> None:
-    """A float64 run evaluated in float64 (its figures to the last digits), and nothing but its one line said; in
-    another precision when asked, which it says."""
-    trained = run(
-        "src/train.py", *small(idx_dir), "logger=none", "trainer.precision=64-true",
-        f"hydra.run.dir={tmp_path / 'train'}",
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
-    final = json.loads((tmp_path / "train" / "metrics.json").read_text())["final"]
+    """A float64 run (trained in this process) evaluated by src/eval.py in float64 (its figures to the last digits),
+    and nothing but its one line said; in another precision when asked, which it says."""
+    cfg = compose_train_small(
+        *small(idx_dir), "logger=none", "trainer.precision=64-true", idx_dir=idx_dir, run_dir=tmp_path / "train"
+    )
+    final = train(cfg)["final"]
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     done = run("src/eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert done.returncode == 0, done.stderr
@@ -48,6 +52,7 @@ def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(idx_d
     assert "evaluating in trainer.precision=32-true; the run trained in 64-true" in done.stdout
 
 
+@pytest.mark.slow
 def test_sweep_over_optimizer_and_batch_size_leaves_one_run_each(idx_dir: Path, tmp_path: Path) -> None:
     done = run(
         "src/train.py",
@@ -72,20 +77,26 @@ def test_sweep_over_optimizer_and_batch_size_leaves_one_run_each(idx_dir: Path, 
     assert f"sweep dir {tmp_path}: a run dir per job" in said and f"sweep dir {tmp_path}: summary.md" in said
 
 
-@pytest.mark.parametrize("swept", ["model.net.hidden=[16,8],[24]", "optimizer.lr=0.06,0.03"])
-def test_a_sweep_job_dir_works_verbatim_as_ckpt_path_and_resume(idx_dir: Path, tmp_path: Path, swept: str) -> None:
-    """Paths as `ls` shows them, typed back unquoted: no `=`, `,`, brackets or quotes in a job dir's name."""
+@pytest.mark.slow
+def test_a_sweep_job_dir_works_verbatim_as_ckpt_path_and_resume(idx_dir: Path, tmp_path: Path) -> None:
+    """Paths as `ls` shows them, typed back unquoted: no `=`, `,`, brackets or quotes in a job dir's name. One real
+    sweep over a list-valued and a float-valued setting; each job dir is then typed back as the command line takes
+    it (checked by the entry points' own argument check, parsed by Hydra's override grammar as src/eval.py and
+    src/train.py parse it) and evaluated and resumed in this process."""
     sweep = tmp_path / "sweep"
-    done = run("src/train.py", "-m", swept, *small(idx_dir)[:-2], "max_epochs=1", f"hydra.sweep.dir={sweep}")
+    swept = ["model.net.hidden=[16,8],[24]", "optimizer.lr=0.06,0.03"]
+    done = run("src/train.py", "-m", *swept, *small(idx_dir)[:-2], "max_epochs=1", f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr
     jobs = sorted(path.parent for path in sweep.glob("*/metrics.json"))
-    assert len(jobs) == 2
+    assert len(jobs) == 4
     for job in jobs:
         assert not set(job.name) & set("=,[]'\" ${}*?"), job.name
-        evaluated = run("src/eval.py", f"ckpt_path={job}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path / 'eval'}")
-        assert evaluated.returncode == 0, evaluated.stderr
-        resumed = run("src/train.py", f"resume={job}", "max_epochs=2", f"hydra.run.dir={tmp_path / 'resume'}")
-        assert resumed.returncode == 0, resumed.stderr
+        typed = [f"ckpt_path={job}/checkpoints/best.ckpt"]
+        check_arguments(typed, ROOT / "src" / "eval.py", "../conf", "eval")
+        evaluate(compose_eval(*typed, f"run_dir={tmp_path / 'eval'}"))
+        typed = [f"resume={job}", "max_epochs=2"]
+        check_arguments(typed, ROOT / "src" / "train.py", "../conf", "train")
+        train(resumed_config(compose_train(*typed, f"run_dir={tmp_path / 'resume'}"), typed))
         assert [row["epoch"] for row in json.loads((job / "metrics.json").read_text())["history"]] == [1, 2]
     shell = subprocess.run(f"ls -d {jobs[0]}", shell=True, capture_output=True, text=True)  # no quoting needed
     assert shell.stdout.strip() == str(jobs[0])
@@ -142,22 +153,44 @@ BAD_INPUTS = [
 ]
 
 
+def refused(argv: list[str], run_dir: Path) -> str:
+    """The message src/train.py prints for `argv`: its argument check's (before Hydra composes), else the composed
+    run's (train(cfg) checks the settings, then loads the data and builds the model)."""
+
+    def command_line() -> None:
+        check_arguments(argv, ROOT / "src" / "train.py", "../conf", "train")
+        assert "-m" not in argv, "a sweep's bad choice is refused by the argument check"
+        train(compose_train(*argv, f"run_dir={run_dir}"))
+
+    return refusal(command_line)
+
+
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_ends_in_one_clear_message_and_a_nonzero_exit(
+def test_bad_input_ends_in_one_clear_message_before_any_checkpoint(
     idx_dir: Path, tmp_path: Path, overrides: list[str], message: str
 ) -> None:
+    """In this process: the message and the place it is raised. What the command line makes of any such error (one
+    line on stderr, no traceback, exit 2) is tested once for each kind of refusal: the argument check's
+    (test_a_choice_that_is_no_option_is_one_line_and_exit_2 here, test_command_line.py), the settings check's
+    (test_robustness.py), one in training (test_robustness.py's divergence, test_sweep.py's failed job)."""
     if overrides == ["trainer=gpu"]:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    done = run("src/train.py", *small(idx_dir), *overrides, f"hydra.run.dir={tmp_path}")
-    assert done.returncode != 0
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    said = refused([*small(idx_dir), *overrides], tmp_path / "run")
+    assert message.removeprefix("error: ") in said
     if "is not an option of" in message:  # one line, without Hydra's config search path
-        assert done.stderr.strip() == done.stderr.strip().splitlines()[0] and done.returncode == 2
-    assert not (tmp_path / "checkpoints").exists()
+        assert "\n" not in said
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_choice_that_is_no_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = run("src/train.py", "-m", "model=mlp,cnm", f"hydra.sweep.dir={tmp_path}")
+    (line,) = done.stderr.strip().splitlines()  # one line, without Hydra's config search path
+    assert done.returncode == 2
+    assert line.startswith("error: model=cnm is not an option of model: choose one of cnn, mlp")
 
 
 def test_missing_data_offline_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
@@ -166,17 +199,14 @@ def test_missing_data_offline_says_where_it_looked_and_how_to_get_it(tmp_path: P
     debian = ", or install Debian's dataset-fashion-mnist package (make data)"
     for data, extra in (("mnist", ""), ("fashion_mnist", debian)):
         name = "MNIST" if data == "mnist" else "FashionMNIST"
-        done = run(
-            "src/train.py", f"data={data}", f"data.data_dir={empty}", "data.download=false", "data.system_dir=null",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        )  # fmt: skip
-        assert done.returncode == 2
-        assert done.stderr.strip().splitlines() == [
-            f"error: {name} files not found in {empty}, {empty}/{name}/raw and data.download=false: put the four "
+        said = refused(
+            [f"data={data}", f"data.data_dir={empty}", "data.download=false", "data.system_dir=null"], tmp_path / "run"
+        )
+        assert said == (
+            f"{name} files not found in {empty}, {empty}/{name}/raw and data.download=false: put the four "
             "IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
             f"t10k-labels-idx1-ubyte, optionally .gz) in data.data_dir, or run once with network access{extra}"
-        ]
-    assert "Traceback" not in done.stderr
+        )
 
 
 def test_make_data_installs_fashion_mnist_with_apt_as_root_or_says_the_command(tmp_path: Path) -> None:
@@ -205,6 +235,7 @@ def test_make_data_installs_fashion_mnist_with_apt_as_root_or_says_the_command(t
         assert asked.read_text().splitlines() == ["install -y -qq dataset-fashion-mnist"]
 
 
+@pytest.mark.slow
 def test_a_runs_console_says_each_thing_once_and_nothing_of_lightnings_start_up(idx_dir: Path, tmp_path: Path) -> None:
     done = run("src/train.py", *small(idx_dir), f"hydra.run.dir={tmp_path}")
     assert done.returncode == 0, done.stderr

@@ -9,15 +9,16 @@ import lightning
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run
+from ddp_runs import CURVATURE_DATA
+from helpers import compose_train_small
 from torch.func import functional_call, hessian
 
 from descent.training import build, train
 
-SMALL = ["data=synthetic", "data.image_shape=[1,4,4]", "data.num_train=300", "data.num_test=50", "data.val_size=50",
-         "model.net.hidden=[3]", "optimizer=gd", "optimizer.lr=0.5", "max_epochs=2", "trainer.precision=64-true",
-         "logger=none"]  # fmt: skip
-"""An MLP 16-3-10 (91 parameters) on 250 training samples, in float64: small enough for the exact Hessian."""
+SMALL = CURVATURE_DATA
+"""An MLP 16-3-10 (91 parameters) on 250 training samples, in float64: small enough for the exact Hessian (defined
+in ddp_runs.py, whose DDP run measures it on two ranks)."""
+CURVATURE = ["curvature.enabled=true", "curvature.eigenvalues=2", "curvature.iterations=40"]
 
 
 def exact_hessian_eigenvalues(make_cfg, run_dir: Path, *overrides: str) -> torch.Tensor:
@@ -63,17 +64,27 @@ def test_sharpness_equals_the_exact_hessians_top_eigenvalues(make_cfg, tmp_path:
     assert final["curvature/2_over_lr"] == 2 / 0.5
 
 
-def test_sharpness_in_chunks_equals_one_chunk_and_two_ddp_processes(make_cfg, idx_dir, tmp_path: Path) -> None:
-    curvature = ["curvature.enabled=true", "curvature.eigenvalues=2", "curvature.iterations=40"]
-    whole = train(make_cfg(*SMALL, *curvature, "chunk_size=full", run_dir=tmp_path / "whole"))["history"]
-    chunked = train(make_cfg(*SMALL, *curvature, "chunk_size=7", run_dir=tmp_path / "chunked"))["history"]
-    done = run("src/train.py", "trainer=ddp_cpu", *SMALL, *curvature, "chunk_size=33",
-               f"hydra.run.dir={tmp_path / 'ddp'}")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"]
+@pytest.fixture(scope="module")
+def whole(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The history of the run that measures the sharpness in one chunk: what chunks and ranks must give."""
+    run_dir = tmp_path_factory.mktemp("whole")
+    cfg = compose_train_small(*SMALL, *CURVATURE, "chunk_size=full", idx_dir=idx_dir, run_dir=run_dir)
+    return train(cfg)["history"]
+
+
+def test_sharpness_in_chunks_equals_one_chunk(make_cfg, whole: list[dict]) -> None:
+    chunked = train(make_cfg(*SMALL, *CURVATURE, "chunk_size=7"))["history"]
     for key in ("curvature/sharpness", "curvature/eig_2"):
         assert len(whole) == 2 and whole[0][key] != whole[1][key]  # measured at each epoch's own weights
         assert [row[key] for row in chunked] == pytest.approx([row[key] for row in whole], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_sharpness_on_two_ddp_processes_equals_one_chunk(whole: list[dict], ddp_runs: dict[str, Path]) -> None:
+    """Chunks of 33 on each rank: ddp_runs.DDP_RUNS["curvature"], SMALL and CURVATURE."""
+    ddp = json.loads((ddp_runs["curvature"] / "metrics.json").read_text())["history"]
+    for key in ("curvature/sharpness", "curvature/eig_2"):
+        assert len(whole) == 2 and whole[0][key] != whole[1][key]
         assert [row[key] for row in ddp] == pytest.approx([row[key] for row in whole], rel=1e-9)
 
 

@@ -4,50 +4,46 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXACT, assert_same, reference_step, run, trained_step
+from helpers import EXACT, assert_same, trained_step
 
 from descent.training import train
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("model", ["mlp", "cnn", pytest.param("resnet", marks=pytest.mark.slow)])  # ResNet: seconds
 @pytest.mark.parametrize("chunk_size", [7, 64, 499, "full"])
-def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(make_cfg, tmp_path: Path, chunk_size, model) -> None:
+def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(
+    make_cfg, reference, tmp_path: Path, chunk_size, model
+) -> None:
     """N = 500: 7 and 64 do not divide it, so the last chunk is smaller and must weigh less."""
     result = train(make_cfg(*EXACT, f"chunk_size={chunk_size}", f"model={model}"))
     assert result["final"]["progress/steps"] == 1
-    assert_same(trained_step(tmp_path / "run"), reference_step(make_cfg, f"model={model}"))
+    assert_same(trained_step(tmp_path / "run"), reference(f"model={model}"))
 
 
 @pytest.mark.parametrize("chunk_size", [7, "full"])
-def test_the_loss_from_config_is_summed_exactly_over_chunks(make_cfg, tmp_path: Path, chunk_size) -> None:
+def test_the_loss_from_config_is_summed_exactly_over_chunks(make_cfg, reference, tmp_path: Path, chunk_size) -> None:
     """model.loss with label smoothing: the chunked step is the step on the smoothed mean loss, not the plain one."""
     smoothed = "model.loss.label_smoothing=0.2"
     train(make_cfg(*EXACT, f"chunk_size={chunk_size}", smoothed))
     got = trained_step(tmp_path / "run")
-    assert_same(got, reference_step(make_cfg, smoothed))
-    plain = reference_step(make_cfg)
+    assert_same(got, reference(smoothed))
+    plain = reference()
     assert not all(torch.allclose(got[name], plain[name], rtol=0, atol=1e-6) for name in plain)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn", "resnet"])
 def test_one_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
-    make_cfg, idx_dir: Path, tmp_path: Path, model: str
+    reference, ddp_runs: dict[str, Path], model: str
 ) -> None:
-    """Each of 2 gloo ranks sums its chunks' losses; dividing by N/2 and DDP's mean give the global mean."""
-    run_dir = tmp_path / "ddp"
-    done = run(
-        "src/train.py", "trainer=ddp_cpu", *EXACT, "chunk_size=33", "data.val_size=100", f"model={model}",
-        *([] if model == "resnet" else ["model.net.hidden=[32]"]), f"data.data_dir={idx_dir}",
-        "data.download=false", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert_same(trained_step(run_dir), reference_step(make_cfg, f"model={model}"))
+    """Each of 2 gloo ranks sums its chunks' losses (chunks of 33); dividing by N/2 and DDP's mean give the global
+    mean. The run is ddp_runs.DDP_RUNS[f"gd_{model}"], trained in the suite's one DDP process group."""
+    assert_same(trained_step(ddp_runs[f"gd_{model}"]), reference(f"model={model}"))
 
 
 @pytest.mark.slow
 def test_one_gd_step_on_two_torchrun_nodes_equals_one_step_on_all_the_data(
-    make_cfg, idx_dir: Path, tmp_path: Path
+    reference, idx_dir: Path, tmp_path: Path
 ) -> None:
     """Multi-node from the config alone: torchrun starts one process on each of two "nodes" (this machine, over the
     loopback), trainer.num_nodes=2, the same pinned run dir on both; the GD step is that of one process."""
@@ -94,4 +90,4 @@ def test_one_gd_step_on_two_torchrun_nodes_equals_one_step_on_all_the_data(
     for node in nodes:
         _, stderr = node.communicate(timeout=300)
         assert node.returncode == 0, stderr
-    assert_same(trained_step(run_dir), reference_step(make_cfg))
+    assert_same(trained_step(run_dir), reference())

@@ -2,33 +2,27 @@
 
 import json
 import pickle
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import CONF, ROOT, environment, run
+from helpers import CONF, ROOT, run
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from descent.data import Plan
 from descent.data.npz_cache import release_files
-from descent.data.synthetic import write_image_folder, write_npz_set
+from descent.data.synthetic import write_image_folder
 from descent.errors import DescentError
 from descent.training import build, train
 
-TRAIN, TEST, CLASSES, VAL_SIZE = 600, 200, 10, 100
+VAL_SIZE = 100
 TINY = ["trainer=cpu", "model.net.hidden=[32]", "max_epochs=2", "logger=none", f"data.val_size={VAL_SIZE}"]
 
 
-@pytest.fixture(scope="session")
-def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Imagenet32-format .npz files: 600 training, 200 validation images of 10 classes."""
-    directory = tmp_path_factory.mktemp("imagenet32")
-    write_npz_set(directory, TRAIN, TEST, 32, CLASSES)
-    return directory
+TRAIN, TEST, CLASSES = 600, 200, 10  # as the imagenet32_dir fixture (conftest.py) writes them
 
 
 def compose_cfg(*overrides: str, data_dir: Path, run_dir: Path) -> DictConfig:
@@ -172,18 +166,10 @@ def test_missing_files_name_the_directory(tmp_path: Path) -> None:
         build(compose_cfg(data_dir=tmp_path, run_dir=tmp_path / "run"))
 
 
-def run_train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run("src/train.py", *args, env=env)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "gd"])
 def test_the_issue_commands_train_and_evaluate(imagenet32_dir: Path, tmp_path: Path, optimizer: str) -> None:
-    done = run_train(
-        "data=imagenet32", f"data.data_dir={imagenet32_dir}", f"optimizer={optimizer}", "batch_size=256",
-        *TINY, f"hydra.run.dir={tmp_path}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    """`data=imagenet32 optimizer=... batch_size=256`, composed as the command line composes it."""
+    train(compose_cfg(f"optimizer={optimizer}", "batch_size=256", data_dir=imagenet32_dir, run_dir=tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["final"]["progress/steps"] == 2 * (1 if optimizer == "gd" else 2)
     assert metrics["final"]["test/loss"] < np.log(CLASSES)
@@ -202,31 +188,22 @@ def recorded_epochs(record_dir: Path) -> dict[int, dict[int, list[int]]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["idx", "imagenet32"])
-def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(
-    data: str, idx_dir: Path, imagenet32_dir: Path, tmp_path: Path
-) -> None:
-    """Two gloo ranks, B=64 (steps split 32/32, the last one uneven): the recorded draws of both ranks."""
-    target = {"idx": "recording_data.RecordingIdx", "imagenet32": "recording_data.RecordingImageNet"}[data]
-    data_args = [f"data.data_dir={idx_dir}", "data.download=false"] if data == "idx" else ["data=imagenet32"]
-    data_args += [f"data.data_dir={imagenet32_dir}"] if data == "imagenet32" else []
-    env = environment(PYTHONPATH=str(ROOT / "tests"))
-    done = run_train(
-        "trainer=ddp_cpu", *data_args, f"data._target_={target}", f"+data.record_dir={tmp_path / 'record'}",
-        "batch_size=64", *TINY[1:], f"hydra.run.dir={tmp_path / 'run'}", env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+def test_ddp_cpu_ranks_see_every_training_sample_once_per_epoch(data: str, ddp_runs: dict[str, Path]) -> None:
+    """Two gloo ranks, B=64 (steps split 32/32, the last one uneven): the recorded draws of both ranks
+    (ddp_runs.DDP_RUNS["draws_idx"] and ["draws_imagenet32"]: 2 epochs, logger=none)."""
+    run_dir = ddp_runs[f"draws_{data}"]
     n_train = (600 if data == "idx" else TRAIN) - VAL_SIZE
-    epochs = recorded_epochs(tmp_path / "record")
+    epochs = recorded_epochs(run_dir.parent / f"draws_{data}_record")
     assert sorted(epochs) == [0, 1]
     for ranks in epochs.values():
         assert sorted(ranks) == [0, 1]
         assert sorted(ranks[0] + ranks[1]) == list(range(n_train))  # every sample, once, across the ranks
         assert abs(len(ranks[0]) - len(ranks[1])) <= 8  # one contiguous share of each step per rank
     assert epochs[0][0] != epochs[1][0]  # a fresh permutation each epoch
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["final"]["progress/samples"] == 2 * n_train  # reduced over the ranks
     # Rank 0 alone writes: one checkpoint of each kind, one metrics file, no second version from rank 1.
-    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 @pytest.mark.slow

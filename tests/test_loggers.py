@@ -96,6 +96,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_ui_shows_the_run_in_a_real_browser(make_cfg, tmp_path: Path) -> None:
     """`mlflow ui` on the run's store, and headless Chromium (Debian's; .ci/run installs it) rendering the
     experiment's page: the run's name appears in the page the browser built, not only in the served HTML."""

@@ -3,11 +3,12 @@ everywhere, and `monitor` that picks the best epoch in the metric's own directio
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, compose_train, run, scalars, small
+from helpers import CONF, compose_train, scalars
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import (
@@ -86,33 +87,38 @@ def test_early_stopping_and_the_search_follow_the_monitors_direction(monitor: st
     assert cfg.hydra.sweeper.direction == direction
 
 
-def test_a_sweep_summary_shows_the_metric_and_sorts_by_its_direction(idx_dir: Path, tmp_path: Path) -> None:
-    done = run(
-        "src/train.py", "-m", "optimizer.lr=0.001,0.05", "metrics=[macro_f1]", "monitor=val/macro_f1",
-        *small(idx_dir), f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+def test_a_sweep_summary_shows_the_metric_and_sorts_by_its_direction(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two jobs of `-m optimizer.lr=0.001,0.05 metrics=[macro_f1] monitor=val/macro_f1`, each in its job dir with
+    the overrides Hydra saves there, then the summary the sweep writes (test_sweep.py runs real sweeps)."""
+    from descent.sweep import write_summary
+
+    for lr in ("0.001", "0.05"):
+        overrides = [f"optimizer.lr={lr}", "metrics=[macro_f1]", "monitor=val/macro_f1"]
+        job = tmp_path / f"optimizer.lr:{lr}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {item}\n" for item in overrides))
+        with caplog.at_level(logging.INFO, logger="descent"):
+            train(make_cfg(*overrides, run_dir=job))
+    write_summary(tmp_path)
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     configurations = [row for row in rows if row["row"] == "configuration"]
     objectives = [float(row["best val/macro_f1"]) for row in configurations]
     assert objectives == sorted(objectives, reverse=True) and objectives[0] > objectives[1]
     assert all(row["final test/macro_f1"] for row in configurations)
     assert "(higher is better)" in (tmp_path / "summary.md").read_text()
-    assert "val macro_f1" in done.stdout  # the console's table
+    assert "val macro_f1" in caplog.text  # the console's table
 
 
 @pytest.mark.slow
-def test_configured_metrics_over_two_ddp_processes_equal_one_process(make_cfg, idx_dir: Path, tmp_path: Path) -> None:
-    """torchmetrics gathers the ranks' states: the same figures as one process, chunks of 33 on each rank."""
-    common = [METRICS, "optimizer=gd", "max_epochs=1", "trainer.precision=64-true", "logger=none"]
-    one = train(make_cfg(*common, run_dir=tmp_path / "one"))["final"]
-    run_dir = tmp_path / "ddp"
-    done = run(
-        "src/train.py", "trainer=ddp_cpu", *common, "chunk_size=33", *small(idx_dir), "max_epochs=1",
-        f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    two = json.loads((run_dir / "metrics.json").read_text())["final"]
+def test_configured_metrics_over_two_ddp_processes_equal_one_process(make_cfg, ddp_runs: dict[str, Path]) -> None:
+    """torchmetrics gathers the ranks' states: the same figures as one process in one chunk, chunks of 33 on each
+    rank (ddp_runs.DDP_RUNS["metrics"])."""
+    from ddp_runs import DDP_RUNS
+
+    one = train(make_cfg(*DDP_RUNS["metrics"], "chunk_size=full"))["final"]
+    two = json.loads((ddp_runs["metrics"] / "metrics.json").read_text())["final"]
     for key, value in one.items():
         if key.startswith(("train/", "val/", "test/", "gap/")):
             assert two[key] == pytest.approx(value, abs=1e-9), key

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run, scalars
+from helpers import scalars
 from omegaconf import DictConfig
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
@@ -109,20 +109,14 @@ def test_a_minibatch_as_large_as_the_training_set_is_refused(make_cfg: Callable[
 
 @pytest.mark.slow
 def test_two_ddp_ranks_measure_what_one_process_does(
-    make_cfg: Callable[..., DictConfig], idx_dir: Path, tmp_path: Path
+    make_cfg: Callable[..., DictConfig], ddp_runs: dict[str, Path]
 ) -> None:
-    """B = 45 over chunks of 33 on 2 ranks: shares of 22 and 23, the second cut in two; the draws are the same."""
-    overrides = [
-        "trainer.precision=64-true", "chunk_size=33", "noise.enabled=true", "noise.batch_size=45", "noise.samples=4",
-        "logger=none",
-    ]  # fmt: skip
-    alone = train(make_cfg(*overrides))["history"]
-    done = run(
-        "src/train.py", "trainer=ddp_cpu", *overrides, "data.val_size=100", "model.net.hidden=[32]", "max_epochs=2",
-        f"data.data_dir={idx_dir}", "data.download=false", f"hydra.run.dir={tmp_path / 'ddp'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    ranks = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"]
+    """B = 45 over chunks of 33 on 2 ranks: shares of 22 and 23, the second cut in two; the draws are the same
+    (ddp_runs.DDP_RUNS["noise"], the same overrides in one process)."""
+    from ddp_runs import DDP_RUNS
+
+    alone = train(make_cfg(*DDP_RUNS["noise"]))["history"]
+    ranks = json.loads((ddp_runs["noise"] / "metrics.json").read_text())["history"]
     assert len(ranks) == len(alone) == 2
     for one, two in zip(alone, ranks, strict=True):
         for key in results.NOISE:

@@ -136,9 +136,39 @@ SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "b
 """3,000 steps an epoch, a few seconds: long enough to kill it between two periodic checkpoints."""
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of SLOW_EPOCHS never stopped, started as the stopped runs are (src/train.py, one thread): what
+    each of them must end as. One run for the module's tests."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    finish(start(*SLOW_EPOCHS, f"hydra.run.dir={run_dir}"))
+    return run_dir
+
+
 @pytest.mark.slow
-def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last(tmp_path: Path) -> None:
-    finish(start(*SLOW_EPOCHS, f"hydra.run.dir={tmp_path / 'straight'}"))
+def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(straight: Path, tmp_path: Path) -> None:
+    """Killed in epoch 2, after epoch 1's last.ckpt: resume= goes on from there."""
+    killed = tmp_path / "killed"
+    process = start(*SLOW_EPOCHS, f"hydra.run.dir={killed}")
+    wait_for(killed / "checkpoints" / "last.ckpt", process)
+    time.sleep(0.5)  # into epoch 2
+    process.kill()
+    process.communicate()
+    assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
+    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
+    expected = json.loads((straight / "metrics.json").read_text())
+    got = json.loads((killed / "metrics.json").read_text())
+    assert [row["epoch"] for row in got["history"]] == [1, 2]
+    for key in ("train/loss", "test/loss", "test/error", "val/error", "progress/steps", "progress/samples"):
+        assert got["final"][key] == pytest.approx(expected["final"][key], rel=1e-6), key
+    # The same TensorBoard run: the resumed epochs are in the killed run's dir.
+    assert sorted({event.step for event in events(killed).Scalars("test/loss")}) == [1, 2]
+
+
+@pytest.mark.slow
+def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last(
+    straight: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed"
     process = start(*SLOW_EPOCHS, "checkpoint.every_n_steps=400", f"hydra.run.dir={killed}")
     periodic = killed / "checkpoints" / "periodic.ckpt"
@@ -154,14 +184,14 @@ def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last
     steps = load(periodic)["global_step"]
     assert steps % 400 == 0 and 800 <= steps < 3000
     finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
-    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    expected = json.loads((straight / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2]
     for row, reference in zip(got["history"], expected["history"], strict=True):
         for key in ("train/loss", "test/loss", "val/error", "progress/steps", "progress/samples"):
             assert row[key] == pytest.approx(reference[key], rel=1e-6), key
     # One TensorBoard run, each point once: the epochs, and the step losses up to the kill and after it.
-    got_events, expected_events = events(killed, scalars=0), events(tmp_path / "straight", scalars=0)
+    got_events, expected_events = events(killed, scalars=0), events(straight, scalars=0)
     for tag in ("test/loss", "train/step_loss"):
         got_steps = [event.step for event in got_events.Scalars(tag)]
         assert got_steps == [event.step for event in expected_events.Scalars(tag)], tag
@@ -177,12 +207,13 @@ def test_periodic_checkpoint_settings_must_be_positive(make_cfg) -> None:
 
 
 @pytest.mark.slow
-def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_itself(tmp_path: Path) -> None:
+def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_itself(
+    straight: Path, tmp_path: Path
+) -> None:
     """SLURM simulated on this machine: SLURM_JOB_ID set, `scontrol` a stand-in that records its arguments, the run
     dir pinned as the README's sbatch line pins it. SIGUSR1 (sbatch --signal=USR1@90) mid-epoch 1: the run saves its
     place, asks `scontrol requeue <job>`, exits; the same command started again as the requeued job
     (SLURM_RESTART_COUNT=1) goes on from that step without being told, and ends as an uninterrupted run."""
-    finish(start(*SLOW_EPOCHS, f"hydra.run.dir={tmp_path / 'straight'}"))
     bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.txt"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
@@ -200,7 +231,7 @@ def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_i
     stopped_at = load(job / "checkpoints" / "interrupted.ckpt")["global_step"]
     finish(start(*command, env={**slurm, "SLURM_RESTART_COUNT": "1"}))
     got = json.loads((job / "metrics.json").read_text())
-    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    expected = json.loads((straight / "metrics.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2] and stopped_at > 0
     for row, reference in zip(got["history"], expected["history"], strict=True):
         for key in ("train/loss", "test/loss", "val/error", "progress/steps", "progress/samples"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, digest, events, finish, run, small, start, wait_for
+from helpers import ROOT, digest, run, small, start, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -226,49 +226,31 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(tmp_path: Path, s
     assert json.loads((tmp_path / "metrics.json").read_text())["stopped"]["reason"] == "interrupted"
 
 
-@pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
-    args = [*SLOW_EPOCHS, "max_epochs=3", "seed=4"]
-    finish(start(*args, f"hydra.run.dir={tmp_path / 'straight'}"))
-    killed = tmp_path / "killed"
-    process = start(*args, f"hydra.run.dir={killed}")
-    wait_for(killed / "checkpoints" / "last.ckpt", process)
-    time.sleep(0.5)  # into epoch 2
-    process.kill()
-    process.communicate()
-    assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
-    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
-    expected = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-    got = json.loads((killed / "metrics.json").read_text())
-    assert [row["epoch"] for row in got["history"]] == [1, 2, 3]
-    for key in ("train/loss", "test/loss", "test/error", "val/error", "progress/steps", "progress/samples"):
-        assert got["final"][key] == pytest.approx(expected["final"][key], rel=1e-6), key
-    # The same TensorBoard run: the resumed epochs are in the killed run's dir.
-    assert sorted({event.step for event in events(killed).Scalars("test/loss")}) == [1, 2, 3]
+def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(make_cfg, tmp_path: Path) -> None:
+    """`python src/train.py resume=<run> ...`: the config is composed from the command line, then resumed_config
+    refuses it (src/train.py prints the message as one line and exits 2, as every refusal of the settings)."""
+    from descent.checkpoints import resumed_config
 
-
-@pytest.mark.slow
-def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(idx_dir: Path, tmp_path: Path) -> None:
-    first = run("src/train.py", *small(idx_dir), f"hydra.run.dir={tmp_path / 'run'}")
-    assert first.returncode == 0, first.stderr
+    train(make_cfg(run_dir=tmp_path / "run"))
     before = digest(tmp_path / "run")
-    done = run("src/train.py", f"resume={tmp_path / 'run'}", "optimizer.lr=0.3", f"hydra.run.dir={tmp_path / 'r'}")
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
-        f"error: resume={tmp_path / 'run'}: optimizer.lr (the run has 0.05, the command line 0.3) cannot change when "
+
+    def refusal(*typed: str) -> str:
+        with pytest.raises(DescentError) as raised:
+            resumed_config(make_cfg(*typed, run_dir=tmp_path / "r"), list(typed))
+        return str(raised.value)
+
+    assert refusal(f"resume={tmp_path / 'run'}", "optimizer.lr=0.3") == (
+        f"resume={tmp_path / 'run'}: optimizer.lr (the run has 0.05, the command line 0.3) cannot change when "
         "a run goes on; only max_epochs, trainer, data.data_dir, data.system_dir, data.download, logger can (start a "
         "new run for other settings, or from these weights with ckpt_path=)"
     )
-    done = run("src/train.py", f"resume={tmp_path / 'run'}", "max_epochs=2", f"hydra.run.dir={tmp_path / 'r'}")
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
-        f"error: resume={tmp_path / 'run'}: the run has finished 2 epochs, so max_epochs=2 leaves nothing to do; "
+    assert refusal(f"resume={tmp_path / 'run'}", "max_epochs=2") == (
+        f"resume={tmp_path / 'run'}: the run has finished 2 epochs, so max_epochs=2 leaves nothing to do; "
         "give max_epochs larger than 2 to train it longer"
     )
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = run("src/train.py", f"resume={empty}", f"hydra.run.dir={tmp_path / 'r2'}")
-    assert done.returncode == 2 and f"error: resume={empty}: no config.yaml there" in done.stderr
+    assert refusal(f"resume={empty}").startswith(f"resume={empty}: no config.yaml there")
     assert digest(tmp_path / "run") == before
 
 
@@ -414,29 +396,47 @@ def damaged_checkpoints(good: Path, directory: Path) -> dict[str, tuple[Path, st
     }
 
 
-@pytest.mark.slow
-def test_bad_checkpoints_are_refused_in_plain_words_by_train_and_eval(idx_dir: Path, tmp_path: Path) -> None:
-    first = run("src/train.py", *small(idx_dir), "max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert first.returncode == 0, first.stderr
+def test_bad_checkpoints_are_refused_in_plain_words_by_train_and_eval(make_cfg, tmp_path: Path) -> None:
+    """`ckpt_path=` of src/train.py (a warm start) and of src/eval.py, each composed as its command line composes it
+    (test_eval_refuses_a_bad_checkpoint_in_one_line_and_exit_2: the line the command prints)."""
+    from helpers import compose_eval
+
+    from descent.training import evaluate
+
+    train(make_cfg("max_epochs=1", "logger=none", run_dir=tmp_path / "run"))
     checkpoints = tmp_path / "run" / "checkpoints"
     for kind, (path, reason) in damaged_checkpoints(checkpoints / "last.ckpt", checkpoints).items():
-        for command in (
-            ["src/train.py", *small(idx_dir), f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'again'}"],
-            ["src/eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}"],
-        ):
-            done = run(*command)
-            assert done.returncode == 2, (kind, done.stderr)
-            (line,) = done.stderr.strip().splitlines()
-            assert reason in line and line.startswith("error: "), (kind, line)
-            assert "weights_only" not in line and "miniz" not in line
+        for entry_point in ("train", "eval"):
+            with pytest.raises(DescentError) as raised:
+                if entry_point == "train":
+                    train(make_cfg(f"ckpt_path={path}", run_dir=tmp_path / "again"))
+                else:
+                    evaluate(compose_eval(f"ckpt_path={path}", f"run_dir={tmp_path / 'eval'}"))
+            said = str(raised.value)
+            assert reason in said and "\n" not in said, (kind, entry_point, said)
+            assert "weights_only" not in said and "miniz" not in said
 
 
 @pytest.mark.slow
+def test_eval_refuses_a_bad_checkpoint_in_one_line_and_exit_2(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg("max_epochs=1", "logger=none", run_dir=tmp_path / "run"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    path, reason = damaged_checkpoints(checkpoints / "last.ckpt", checkpoints)["truncated"]
+    done = run("src/eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and reason in line, line
+
+
 def test_eval_without_a_checkpoint_says_how_to_give_one(tmp_path: Path) -> None:
-    done = run("src/eval.py", f"hydra.run.dir={tmp_path}")
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
-        "error: ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
+    from helpers import compose_eval
+
+    from descent.training import evaluate
+
+    with pytest.raises(DescentError) as raised:
+        evaluate(compose_eval(f"run_dir={tmp_path}"))
+    assert str(raised.value) == (
+        "ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
         "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt"
     )
 

@@ -5,6 +5,7 @@ callbacks (their per-batch hooks once per optimizer step), and the debug group.
 """
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import ROOT, environment, events, run, small
+from helpers import ROOT, compose_train, environment, events, run, small
 
 from descent.training import build, build_trainer, train
 
@@ -146,12 +147,15 @@ def test_a_terminal_gets_lightnings_progress_bar_and_a_log_file_one_line_per_epo
     assert sum(" - epoch " in line for line in logged.stdout.splitlines()) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("debug", ["fast", "overfit", "profile"])
-def test_the_debug_options_run_as_lightning_users_know_them(idx_dir: Path, tmp_path: Path, debug: str) -> None:
-    done = run("src/train.py", *small(idx_dir), f"debug={debug}", f"hydra.run.dir={tmp_path}")
-    assert done.returncode == 0, done.stderr
-    output = done.stdout + done.stderr
+def test_the_debug_options_run_as_lightning_users_know_them(
+    idx_dir: Path, tmp_path: Path, debug: str, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:
+    """`python src/train.py debug=...` composed as its command line composes it, on the CPU."""
+    with caplog.at_level(logging.INFO):
+        train(compose_train(*small(idx_dir), f"debug={debug}", "trainer=cpu", f"run_dir={tmp_path}"))
+    captured = capfd.readouterr()
+    output = captured.out + captured.err + caplog.text
     if debug == "fast":
         (row,) = json.loads((tmp_path / "metrics.json").read_text())["history"]
         assert row["progress/steps"] == 1  # one step, then one chunk of each set

@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import run, small
+from helpers import compose_eval, run, small
 
 from descent.checkpoints import resumed_config
-from descent.training import train
+from descent.training import evaluate, train
 
 
 def test_a_warm_start_trains_from_epoch_1_with_the_new_settings(make_cfg, tmp_path: Path) -> None:
@@ -31,20 +31,14 @@ def test_a_warm_start_may_change_the_optimizer(make_cfg, tmp_path: Path) -> None
     assert len(result["history"]) == 2 and math.isfinite(result["final"]["train/loss"])
 
 
-@pytest.mark.slow
-def test_the_best_epoch_of_a_warm_start_is_what_eval_reproduces(idx_dir: Path, tmp_path: Path) -> None:
-    first = run("src/train.py", *small(idx_dir), "max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
-    assert first.returncode == 0, first.stderr
+def test_the_best_epoch_of_a_warm_start_is_what_eval_reproduces(make_cfg, tmp_path: Path) -> None:
+    """src/train.py twice and src/eval.py, each composed as its command line composes it."""
+    train(make_cfg("max_epochs=1", run_dir=tmp_path / "first"))
     weights = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    warm = run(
-        "src/train.py", *small(idx_dir), "max_epochs=3", "optimizer.lr=0.02", f"ckpt_path={weights}",
-        f"hydra.run.dir={tmp_path / 'warm'}",
-    )  # fmt: skip
-    assert warm.returncode == 0, warm.stderr
+    train(make_cfg("max_epochs=3", "optimizer.lr=0.02", f"ckpt_path={weights}", run_dir=tmp_path / "warm"))
     metrics = json.loads((tmp_path / "warm" / "metrics.json").read_text())
     assert Path(metrics["best_checkpoint"]) == tmp_path / "warm" / "checkpoints" / "best.ckpt"
-    evaluated = run("src/eval.py", f"ckpt_path={metrics['best_checkpoint']}", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert evaluated.returncode == 0, evaluated.stderr
+    evaluate(compose_eval(f"ckpt_path={metrics['best_checkpoint']}", f"run_dir={tmp_path / 'eval'}"))
     figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("val/error", "test/loss", "train/loss"):
         assert figures[key] == pytest.approx(metrics["best"][key], rel=1e-6)
