@@ -527,6 +527,7 @@ def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Pa
 # 5. Your files pass the suite
 
 
+@pytest.mark.slow  # a nested pytest: not for make test-fast
 def test_the_config_tests_accept_a_users_own_data_set_and_network(tmp_path: Path) -> None:
     """Recipes 1 and 2 added to a copy of conf/ (another image shape, 3x12x12 with 4 classes, and a network without
     `hidden`, with its search space), then tests/test_config.py run on that copy as the user would run the suite:
