@@ -52,7 +52,7 @@ def exit_on_error(main: Callable[P, R] | None = None, *, when_a_sweep_stops: Cal
             if in_multirun() and when_a_sweep_stops is not None:
                 when_a_sweep_stops()
             remove_unused_run_dir()
-            raise SystemExit(128 + signal.Signals[name].value) from None
+            raise SystemExit(exit_code(name)) from None
         except DescentError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -65,6 +65,11 @@ def exit_on_error(main: Callable[P, R] | None = None, *, when_a_sweep_stops: Cal
             raise SystemExit(error.exit_code) from None
 
     return wrapper
+
+
+def exit_code(signal_name: str) -> int:
+    """What the signal's default action would exit with: 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signal.Signals[signal_name].value
 
 
 STARTED = time.time()

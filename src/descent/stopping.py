@@ -13,14 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from descent.errors import DescentError
+from descent.errors import DescentError, exit_code
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def exit_code(signal_name: str) -> int:
-    """What the signal's default action would exit with: 128 + its number (130 for SIGINT, 143 for SIGTERM)."""
-    return 128 + signal.Signals[signal_name].value
 
 
 class SignalBeforeTraining(KeyboardInterrupt):
