@@ -37,17 +37,18 @@ def summarise_stopped_sweep() -> None:
 @exit_on_error(when_a_sweep_stops=summarise_stopped_sweep)
 def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
-    from descent.checkpoints import resumed_config  # here, so that a mistyped override fails before torch loads
+    from descent.checkpoints import GoingOn, resumed_config  # here: a mistyped override fails before torch loads
     from descent.multirun import ddp_ranks_run_this_job
-    from descent.slurm import requeued_run_dir
+    from descent.slurm import requeued
     from descent.training import train
 
-    if cfg.resume is None:  # a requeued SLURM job goes on from where it stopped, in its own run dir
-        cfg.resume = requeued_run_dir(cfg.run_dir)
-    if cfg.resume is not None:
-        cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task))
+    # resume=, or a requeued SLURM job going on from where it stopped, in its own run dir: read once, here.
+    going_on = GoingOn.read(cfg.resume) if cfg.resume is not None else requeued(cfg.run_dir)
+    if going_on is not None:
+        cfg.resume = str(going_on.run_dir)
+        cfg = resumed_config(cfg, list(HydraConfig.get().overrides.task), going_on)
     with ddp_ranks_run_this_job():  # under -m, trainer=ddp's other ranks run this job, not the sweep again
-        return train(cfg)["best"][cfg.monitor]
+        return train(cfg, going_on)["best"][cfg.monitor]
 
 
 @exit_on_error

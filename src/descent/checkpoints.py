@@ -5,6 +5,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,22 +120,51 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda path: (steps[path], -GOING_ON_FROM.index(path.name)))
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+@dataclass(frozen=True)
+class GoingOn:
+    """What `resume=` goes on from, read once and handed to all that needs it: Lightning's fit, the loggers (the
+    CSV log's rows and TensorBoard's purge step) and the SLURM requeue."""
+
+    run_dir: Path
+    checkpoint: Path
+    global_step: int
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, run_dir: Path | str) -> "GoingOn":
+        run_dir = Path(run_dir)
+        require(
+            (run_dir / "config.yaml").is_file(),
+            f"resume={run_dir}: no config.yaml there; give a run dir that src/train.py wrote",
+        )
+        newest = newest_checkpoint(run_dir)
+        require(
+            newest is not None,
+            f"resume={run_dir}: no checkpoint there ({', '.join(GOING_ON_FROM)} in checkpoints/; the run was stopped "
+            "before it wrote one); start it again without resume",
+        )
+        assert newest is not None
+        checkpoint = load(newest, mmap=True)
+        history = checkpoint.get("descent", {}).get("history", [])
+        return cls(run_dir, newest, int(checkpoint.get("global_step", 0)), history)
+
+    @property
+    def purge_step(self) -> int:
+        """Where the resumed run's TensorBoard events start: TensorBoard hides every point at or after this step
+        that the stopped run wrote after its checkpoint (those steps are taken, and logged, again). Step losses sit
+        at the count of steps before theirs, per-epoch figures at their epoch k: the later of the two keeps every
+        evaluated epoch."""
+        return max(self.global_step, len(self.history) + 1)
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str], going_on: GoingOn | None = None) -> DictConfig:
     """The config of the run in `cfg.resume`, to continue from its newest checkpoint in its own dir.
 
     `overrides` are the command line's; only RESUMABLE keys may change, since anything else would make the
-    continued run a different one.
+    continued run a different one. `going_on` is `GoingOn.read(cfg.resume)` where the caller has it already.
     """
-    run_dir = Path(cfg.resume)
-    saved = run_dir / "config.yaml"
-    require(saved.is_file(), f"resume={run_dir}: no config.yaml there; give a run dir that src/train.py wrote")
-    last = newest_checkpoint(run_dir)
-    require(
-        last is not None,
-        f"resume={run_dir}: no checkpoint there ({', '.join(GOING_ON_FROM)} in checkpoints/; the run was stopped "
-        "before it wrote one); start it again without resume",
-    )
-    assert last is not None
+    going_on = going_on or GoingOn.read(cfg.resume)
+    run_dir, saved = going_on.run_dir, going_on.run_dir / "config.yaml"
     resumed = OmegaConf.load(saved)
 
     def value(config: DictConfig, key: str) -> Any:
@@ -154,7 +184,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         f"resume={run_dir}: {'; '.join(refused)} cannot change when a run goes on; only "
         f"{', '.join(RESUMABLE)} can (start a new run for other settings, or from these weights with ckpt_path=)",
     )
-    done = len(load(last, mmap=True).get("descent", {}).get("history", []))
+    done = len(going_on.history)
     given = [key for key in keys.values() if key in ("max_epochs", "trainer.max_epochs")]  # one setting
     max_epochs = value(cfg, given[-1]) if given else resumed.max_epochs
     require(

@@ -8,26 +8,24 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
-from descent.checkpoints import load, newest_checkpoint
+from descent.checkpoints import GoingOn
 from descent.results import STEPS
 
 
 class CSVLogger(LightningCSVLogger):
     """`metrics.csv` in the run dir, every epoch's rows once, also across `resume=`.
 
-    A resumed run goes on from its newest checkpoint (`checkpoints.newest_checkpoint`): the rows written up to it
-    (its evaluated epochs, and the step losses of its steps) are read back and kept; those written after it, by
-    steps that are now taken again, are left out, since the resumed run writes them again.
+    A resumed run goes on from its newest checkpoint (`going_on`, given by `loggers.build_loggers`): the rows
+    written up to it (its evaluated epochs, and the step losses of its steps) are read back and kept; those written
+    after it, by steps that are now taken again, are left out, since the resumed run writes them again.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, going_on: GoingOn | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._earlier: list[dict[str, Any]] = []
-        csv_path, last = Path(self.log_dir) / "metrics.csv", newest_checkpoint(Path(self.log_dir))
-        if csv_path.is_file() and last is not None:
-            checkpoint = load(last, mmap=True)
-            history = checkpoint.get("descent", {}).get("history", [])
-            epochs, steps = len(history), checkpoint.get("global_step", 0)
+        csv_path = Path(self.log_dir) / "metrics.csv"
+        if csv_path.is_file() and going_on is not None:
+            epochs, steps = len(going_on.history), going_on.global_step
             with open(csv_path, newline="") as file:
                 rows = [{key: float(value) for key, value in row.items() if value} for row in csv.DictReader(file)]
             per_epoch = [row for row in rows if STEPS in row]

@@ -13,25 +13,26 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from descent.checkpoints import load, newest_checkpoint
-from descent.tensorboard import purge_step
+from descent.checkpoints import GoingOn
 
 MLFLOW = "lightning.pytorch.loggers.MLFlowLogger"
 RUN_NAMES = {MLFLOW: "run_name", "lightning.pytorch.loggers.WandbLogger": "name"}
 """The setting that names a run in each logger's list; left null, `run_name` fills it."""
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """Every `logger.<name>` (logger=[tensorboard,mlflow]); TensorBoard's, on resume=, drops the points the resumed
-    run writes again; MLflow's and W&B's runs named as TensorBoard names them (`run_name`)."""
+def build_loggers(cfg: DictConfig, going_on: GoingOn | None = None) -> list[Logger]:
+    """Every `logger.<name>` (logger=[tensorboard,mlflow]); on resume= (`going_on`), TensorBoard's drops the points
+    the resumed run writes again and the CSV log keeps the rows written before them; MLflow's and W&B's runs named
+    as TensorBoard names them (`run_name`)."""
     loggers = []
-    newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
     for node in (cfg.get("logger") or {}).values():
         if not node:
             continue
         target, settings = node.get("_target_"), {}
-        if newest is not None and target == "descent.tensorboard.Logger":
-            settings["purge_step"] = purge_step(load(newest, mmap=True))
+        if going_on is not None and target == "descent.tensorboard.Logger":
+            settings["purge_step"] = going_on.purge_step
+        if going_on is not None and target == "descent.csv_log.CSVLogger":
+            settings["going_on"] = going_on
         if (key := RUN_NAMES.get(target)) and node.get(key) is None:
             settings[key] = run_name(cfg.run_dir)
         loggers.append(mlflow_logger(node, settings) if target == MLFLOW else instantiate(node, **settings))

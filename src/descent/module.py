@@ -111,7 +111,7 @@ class Classifier(LightningModule):
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
             self.log(results.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
             # Its x-axis, given (Lightning would add its own 0-based "epoch" figure): the count of steps before it,
-            # as the loss is that of the weights before this step (descent.tensorboard.purge_step relies on it).
+            # as the loss is that of the weights before this step (checkpoints.GoingOn.purge_step relies on it).
             self.log("step", float(self.global_step - 1), on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from descent.checkpoints import newest_checkpoint
+from descent.checkpoints import GoingOn, newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ def requeue(previous_handler: Callable[[int, Any], Any] | int | None, global_zer
         log.warning("scontrol requeue %s failed (%s): resume=<run dir> goes on by hand", job, done.stderr.strip())
 
 
-def requeued_run_dir(run_dir: str) -> str | None:
-    """`run_dir` when this is a requeued SLURM job (SLURM_RESTART_COUNT > 0) and the run there left a checkpoint
-    to go on from; the run dir must be pinned (e.g. hydra.run.dir=logs/train/runs/$SLURM_JOB_ID, or a sweep's)."""
+def requeued(run_dir: str) -> GoingOn | None:
+    """What a requeued SLURM job (SLURM_RESTART_COUNT > 0) goes on from, when the run in `run_dir` left a checkpoint;
+    the run dir must be pinned (e.g. hydra.run.dir=logs/train/runs/$SLURM_JOB_ID, or a sweep's)."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return None
-    return run_dir if (Path(run_dir) / "config.yaml").is_file() and newest_checkpoint(Path(run_dir)) else None
+    if not (Path(run_dir) / "config.yaml").is_file() or newest_checkpoint(Path(run_dir)) is None:
+        return None
+    return GoingOn.read(run_dir)

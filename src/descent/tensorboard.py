@@ -240,11 +240,3 @@ def hparams_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str
         for label, row in (("final", final), ("best", best))
         for key in keys
     }
-
-
-def purge_step(checkpoint: dict[str, Any]) -> int:
-    """Where a resumed run's events start: TensorBoard hides every point at or after this step that the stopped
-    run wrote after its checkpoint (those steps are taken, and logged, again). Step losses sit at the count of
-    steps before theirs, per-epoch figures at their epoch k: the later of the two keeps every evaluated epoch."""
-    epochs = len(checkpoint.get("descent", {}).get("history", []))
-    return max(int(checkpoint.get("global_step", 0)), epochs + 1)

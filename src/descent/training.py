@@ -18,11 +18,11 @@ from descent.batchnorm import check_batch_coupling
 from descent.checkpoints import (
     AtomicCheckpointIO,
     BackgroundCheckpointIO,
+    GoingOn,
     StepState,
     check_fits,
     in_precision,
     load,
-    newest_checkpoint,
     periodic_checkpoints,
 )
 from descent.config import check_config, one_max_epochs
@@ -94,11 +94,16 @@ def plan_memory(cfg: DictConfig, data: ImageData, model: Classifier, trainer: li
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: Path, callbacks: tuple[Callback, ...] = (), **overrides: Any
+    cfg: DictConfig,
+    run_dir: Path,
+    callbacks: tuple[Callback, ...] = (),
+    going_on: GoingOn | None = None,
+    **overrides: Any,
 ) -> lightning.Trainer:
-    """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`."""
+    """Lightning's Trainer from `cfg.trainer`, with descent's checkpoints and `cfg.callbacks`; its loggers go on
+    from `going_on` on resume=."""
     quiet_lightning()
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, going_on)
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode=mode, enable_version_counter=False)
@@ -150,11 +155,16 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics."""
+def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
+    """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics.
+
+    On resume= (see `checkpoints.resumed_config`), `going_on` is what the run goes on from, if the caller has read
+    it already."""
     one_max_epochs(cfg)
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
+    if cfg.get("resume") and going_on is None:
+        going_on = GoingOn.read(cfg.resume)
     if cfg.seed is not None:
         lightning.seed_everything(cfg.seed, workers=True, verbose=False)
     data, model = build(cfg)
@@ -162,7 +172,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor, mode)
     measured = measurements(cfg)
-    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured))
+    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured), going_on=going_on)
     in_precision(model, trainer)
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
@@ -181,8 +191,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         replace_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     # resume= goes on with everything the run had (Lightning's fit(ckpt_path=)); ckpt_path= is a warm start: a new
     # run from those weights alone, with this config's optimizer, schedule and epochs, and its own bookkeeping.
-    newest = newest_checkpoint(Path(cfg.resume)) if cfg.get("resume") else None
-    go_on_from = str(newest) if newest is not None else None
+    go_on_from = str(going_on.checkpoint) if going_on is not None else None
     if cfg.ckpt_path is not None and go_on_from is None:
         check_fits(Path(cfg.ckpt_path), model)
         model.load_state_dict(load(Path(cfg.ckpt_path))["state_dict"])
