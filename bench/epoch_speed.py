@@ -41,6 +41,7 @@ import logging
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -64,7 +65,7 @@ from torchvision.datasets import MNIST
 from descent.checkpoints import BackgroundCheckpointIO
 from descent.curvature import top_eigenvalues
 from descent.data import ImageData
-from descent.data.idx import IDX_FILES, IdxData, write_idx
+from descent.data.idx import IDX_FILES, IdxData
 from descent.data.synthetic import SyntheticData
 from descent.measurement import evaluating
 from descent.nets import MLP
@@ -72,6 +73,9 @@ from descent.noise import GradientNoise
 from descent.progress import progress_bar as descent_progress_bar
 from descent.results import TRAIN_S
 from descent.training import build, build_trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the IDX writer the tests use
+from data_files import write_idx  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

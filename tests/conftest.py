@@ -31,7 +31,7 @@ def make_cfg(tmp_path: Path, idx_dir: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(scope="session")
 def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Imagenet32-format .npz files: 600 training, 200 validation images of 10 classes."""
-    from descent.data.synthetic import write_npz_set
+    from data_files import write_npz_set
 
     directory = tmp_path_factory.mktemp("imagenet32")
     write_npz_set(directory, 600, 200, 32, 10)

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 import torch
+from data_files import write_idx
 
 from descent.data import Chunk, Plan, Tensors
 from descent.data.augment import Augment
-from descent.data.idx import IdxData, read_idx, write_idx
+from descent.data.idx import IdxData, read_idx
 from descent.data.steps import Chunks, Steps
 from descent.errors import DescentError
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CONF, ROOT, run
-from hydra import compose, initialize_config_dir
+from data_files import write_image_folder
+from helpers import ROOT, compose_config, compose_train, run
 from omegaconf import DictConfig
 
 from descent.data import Plan
 from descent.data.npz_cache import release_files
-from descent.data.synthetic import write_image_folder
 from descent.errors import DescentError
 from descent.training import build, train
 
@@ -26,10 +25,7 @@ TRAIN, TEST, CLASSES = 600, 200, 10  # as the imagenet32_dir fixture (conftest.p
 
 
 def compose_cfg(*overrides: str, data_dir: Path, run_dir: Path) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train", overrides=["data=imagenet32", *TINY, f"data.data_dir={data_dir}", f"run_dir={run_dir}", *overrides]
-        )
+    return compose_train("data=imagenet32", *TINY, f"data.data_dir={data_dir}", f"run_dir={run_dir}", *overrides)
 
 
 def copy_of(directory: Path, tmp_path: Path) -> Path:
@@ -266,12 +262,9 @@ def test_an_image_folder_without_val_is_refused_naming_it(folder_dir: Path, tmp_
 
 
 def test_the_slurm_launcher_composes_from_the_trainer_it_starts() -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "trainer=slurm", "trainer.num_nodes=2"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        "train", "hydra/launcher=slurm", "trainer=slurm", "trainer.num_nodes=2", return_hydra_config=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

@@ -47,13 +47,6 @@ def read_idx(path: Path) -> Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header_size).reshape(shape)
 
 
-def write_idx(path: Path, array: Tensor) -> None:
-    """`read_idx` backwards: a uint8 tensor as an IDX file (gzipped when the name ends in .gz), as MNIST ships."""
-    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.to(torch.uint8).contiguous().numpy().tobytes()
-    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
-
-
 def find_file(directories: list[Path], name: str) -> Path | None:
     for directory in directories:
         for candidate in (directory / name, directory / f"{name}.gz"):
