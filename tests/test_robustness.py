@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_files import write_idx
 from helpers import ROOT, digest, run, small, start, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from descent.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, check_fits, load
 from descent.config import check_config
-from descent.data.idx import IdxData, read_idx, write_idx
+from descent.data.idx import IdxData, read_idx
 from descent.errors import DescentError
 from descent.module import Classifier
 from descent.nets import MLP
@@ -73,7 +74,7 @@ def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_2_before_data(tm
 
 
 def test_a_validation_split_as_large_as_the_training_set_is_refused(make_cfg) -> None:
-    with pytest.raises(DescentError, match="data.val_size=600 must be at least 1 and smaller than the 600 training"):
+    with pytest.raises(DescentError, match="data.val_size=600 must be smaller than the 600 training samples"):
         train(make_cfg("data.val_size=600"))
 
 

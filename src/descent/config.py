@@ -7,21 +7,15 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from descent.backprop import check_backprop, check_mlp
-from descent.data.base import is_sample_count
+from descent.data.base import check_sizes
 from descent.errors import DescentError, is_number, is_whole, require
 from descent.monitor import check_monitor
+from descent.noise import check_noise
 
 
 def check_config(cfg: DictConfig) -> None:
     """Fail on settings that cannot work before any data is loaded, naming the key."""
-    require(
-        is_sample_count(cfg.batch_size),
-        f"batch_size={cfg.batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
-    )
-    require(
-        is_sample_count(cfg.chunk_size),
-        f"chunk_size={cfg.chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
-    )
+    check_sizes(cfg.batch_size, cfg.chunk_size, cfg.data.get("val_size", 1), cfg.data.get("train_size"))
     check_monitor(cfg.monitor, cfg.get("metrics"))
     require(
         "loss" not in cfg,
@@ -55,11 +49,6 @@ def check_config(cfg: DictConfig) -> None:
         "positive number (below 1 to decay)",
     )
     check_net(cfg.model)
-    val_size = cfg.data.get("val_size", 1)
-    require(
-        is_whole(val_size) and val_size >= 1,
-        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
-    )
     require(
         cfg.seed is None or (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32),
         f"seed={cfg.seed!r} is not allowed: give a whole number from 0 to {2**32 - 1} (what numpy and Lightning "
@@ -76,12 +65,7 @@ def check_config(cfg: DictConfig) -> None:
         "device reports as free",
     )
     noise = cfg.get("noise") or {}
-    for key in ("batch_size", "samples"):
-        value = noise.get(key, 1)
-        require(
-            is_whole(value) and value >= 1,
-            f"noise.{key}={value!r} is not allowed: give a positive whole number",
-        )
+    check_noise(noise.get("batch_size", 1), noise.get("samples", 1))
     limit = cfg.trainer.get("limit_val_batches", 1.0)
     require(
         limit == 1.0 or limit is None,

@@ -41,13 +41,19 @@ def draws(seed: int, epoch: int, n: int, batch_size: int, samples: int) -> list[
     return [torch.randperm(n, generator=generator)[:batch_size].sort().values for _ in range(samples)]
 
 
+def check_noise(batch_size: object, samples: object) -> None:
+    """The one check of noise.batch_size and noise.samples: before data loads (descent.config) and where they
+    enter (`GradientNoise`); the batch size against N once the data is loaded."""
+    for key, value in (("batch_size", batch_size), ("samples", samples)):
+        require(is_whole(value) and value >= 1, f"noise.{key}={value!r} is not allowed: give a positive whole number")
+
+
 class GradientNoise(EpochMeasurement):
     """Adds results.NOISE to the figures of every evaluated epoch of fit: |G| (the norm, not its square),
     tr(Sigma) and B_simple, from `samples` minibatches of `batch_size` (noise.batch_size, noise.samples)."""
 
     def __init__(self, batch_size: int = 64, samples: int = 16) -> None:
-        for key, value in (("batch_size", batch_size), ("samples", samples)):
-            require(is_whole(value) and value >= 1, f"noise.{key}={value!r} is not allowed: give a positive number")
+        check_noise(batch_size, samples)
         self.batch_size, self.samples = batch_size, samples
 
     def on_fit_start(self, trainer: lightning.Trainer, module: "Classifier") -> None:

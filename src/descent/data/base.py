@@ -110,9 +110,30 @@ def is_sample_count(value: object) -> bool:
     return value == "full" or (is_whole(value) and value >= 1)
 
 
+def check_sizes(batch_size: object, chunk_size: object, val_size: object, train_size: object) -> None:
+    """The one check of the data's sizes, before any data is loaded (descent.config, and `ImageData` built
+    directly); `setup` checks them against the set's size once it is loaded."""
+    require(
+        is_sample_count(batch_size),
+        f"batch_size={batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+    )
+    require(
+        is_sample_count(chunk_size),
+        f"chunk_size={chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
+    )
+    require(
+        is_whole(val_size) and val_size >= 1,
+        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
+    )
+    require(
+        train_size is None or (is_whole(train_size) and train_size >= 1),
+        f"data.train_size={train_size!r} is not allowed: give a whole number of samples, at least 1, or null for "
+        "all of them",
+    )
+
+
 def parse_size(value: int | str, n: int, key: str) -> int:
-    """A sample count from the config: a positive int up to `n`, or `full` for all `n`."""
-    require(is_sample_count(value), f"{key}={value!r} is not allowed: give a positive number of samples, or {key}=full")
+    """A sample count checked by `check_sizes`: an int up to `n`, or `full` for all `n`."""
     if value == "full":
         return n
     require(
@@ -143,6 +164,7 @@ class ImageData(LightningDataModule):
         train_size: int | None = None,
     ) -> None:
         super().__init__()
+        check_sizes(batch_size, chunk_size, val_size, train_size)
         self.batch_size, self.chunk_size = batch_size, chunk_size
         self.val_size, self.seed, self.split_seed = val_size, seed, split_seed
         self.train_size = train_size
@@ -165,17 +187,16 @@ class ImageData(LightningDataModule):
             return
         x_train, y_train, x_test, y_test = self.load()
         require(
-            is_whole(self.val_size) and 1 <= self.val_size < len(y_train),
-            f"data.val_size={self.val_size!r} must be at least 1 and smaller than the {len(y_train)} "
-            "training samples it is carved from",
+            self.val_size < len(y_train),
+            f"data.val_size={self.val_size} must be smaller than the {len(y_train)} training samples it is carved from",
         )
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
         if self.train_size is not None:  # a fixed subset of the rest, by split_seed (e.g. 5,000 for a GD study)
             require(
-                is_whole(self.train_size) and 1 <= self.train_size <= len(train),
-                f"data.train_size={self.train_size!r} must be at least 1 and at most the {len(train)} training "
-                "samples left after data.val_size; or null for all of them",
+                self.train_size <= len(train),
+                f"data.train_size={self.train_size} must be at most the {len(train)} training samples left after "
+                "data.val_size; or null for all of them",
             )
             train = train[: self.train_size]
         if isinstance(x_train, Tensor):
