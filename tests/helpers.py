@@ -16,18 +16,21 @@ from pathlib import Path
 import lightning
 import torch
 import torch.nn.functional as F
+from data_files import write_idx
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from descent.data.idx import write_idx
 from descent.errors import DescentError
 from descent.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = Path(os.environ.get("DESCENT_CONF", ROOT / "conf"))
-"""The config dir the tests compose: the repository's, or a copy holding a user's own files (DESCENT_CONF)."""
+CONF = ROOT / "conf"
+OWN_CONF = Path(os.environ["DESCENT_CONF"]) if os.environ.get("DESCENT_CONF") else None
+"""A fork's own config dir (`DESCENT_CONF=<dir> make test`), layered before conf/ as `src/train.py -cd <dir>`
+layers it: its files add to conf/'s and replace those of the same name."""
+CONF_DIRS = [OWN_CONF, CONF] if OWN_CONF else [CONF]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
@@ -88,16 +91,32 @@ SMALL = ["trainer=cpu", "data.val_size=100", "max_epochs=2"]
 with hidden layers gets one of 32, unless the test says otherwise: `make_cfg`)."""
 
 
+def compose_config(name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """`name` (train, eval) composed as the command line would, from CONF_DIRS: a fork's own dir first, as
+    Hydra's `-cd` puts it, then conf/ (on Hydra's search path)."""
+    layered = [f"hydra.searchpath=[file://{CONF}]"] if OWN_CONF else []
+    with initialize_config_dir(config_dir=str(CONF_DIRS[0]), version_base="1.3"):
+        return compose(name, overrides=[*layered, *overrides], return_hydra_config=return_hydra_config)
+
+
 def compose_train(*overrides: str) -> DictConfig:
     """conf/train.yaml composed as the command line would."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 def compose_eval(*overrides: str) -> DictConfig:
     """conf/eval.yaml composed as the command line would, on the CPU."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("eval", overrides=["trainer.accelerator=cpu", *overrides])
+    return compose_config("eval", "trainer.accelerator=cpu", *overrides)
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: its files in CONF_DIRS."""
+    return sorted({path.stem for conf in CONF_DIRS for path in (conf / group).glob("*.yaml")})
+
+
+def conf_file(relative: str) -> Path:
+    """A config file as Hydra finds it: in the fork's own dir, else in conf/."""
+    return next((conf / relative for conf in CONF_DIRS if (conf / relative).is_file()), CONF / relative)
 
 
 def compose_train_small(*overrides: str, idx_dir: Path, run_dir: Path) -> DictConfig:

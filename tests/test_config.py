@@ -1,9 +1,9 @@
 """Every option of every config group composes and instantiates; the README's table of groups names only files that
 exist.
 
-The options are those of CONF (`DESCENT_CONF=<dir>`: the config dir a fork gives `src/train.py` as `-cd`), so a
-user's own files are tested as the template's are. Where a test swaps the data a yaml names for its small stand-in
-files, the yaml's subset (`data.train_size`) is made to fit them."""
+The options are those of conf/ and, layered before it, of a fork's own dir (`DESCENT_CONF=<dir>`: the dir it
+gives `src/train.py` as `-cd`), so a user's own files are tested as the template's are. Where a test swaps the data a
+yaml names for its small stand-in files, the yaml's subset (`data.train_size`) is made to fit them."""
 
 import warnings
 from pathlib import Path
@@ -11,8 +11,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import CONF, ROOT, compose_train
-from hydra import compose, initialize_config_dir
+from helpers import CONF_DIRS, ROOT, compose_config, compose_train, conf_file, options
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,10 +22,6 @@ from descent.errors import DescentError
 from descent.loggers import build_loggers
 from descent.module import Classifier
 from descent.training import build
-
-
-def options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
 
 
 def on_stand_in(cfg: DictConfig) -> DictConfig:
@@ -148,8 +143,7 @@ def test_gd_vs_sgd_experiment_composes_and_sweeps_known_methods(make_cfg) -> Non
     cfg = make_cfg("experiment=gd_vs_sgd")
     check_config(cfg)
     assert cfg.data._target_ == "descent.data.idx.IdxData"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        hydra_cfg = compose("train", overrides=["experiment=gd_vs_sgd"], return_hydra_config=True).hydra
+    hydra_cfg = compose_config("train", "experiment=gd_vs_sgd", return_hydra_config=True).hydra
     swept = hydra_cfg.sweeper.params.method.split(",")
     assert set(swept) <= set(options("method")) and "gd" in swept
 
@@ -182,8 +176,7 @@ together."""
 @pytest.mark.parametrize("experiment", sorted(RESULTS_EXPERIMENTS))
 def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experiment: str) -> None:
     recipe = RESULTS_EXPERIMENTS[experiment]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        composed = compose("train", overrides=[f"experiment={experiment}"])
+    composed = compose_train(f"experiment={experiment}")
     # As the user's command composes it, before the test's small overrides: seed and settings come from the file.
     assert composed.seed == 0
     assert composed.data.dataset == recipe["dataset"]
@@ -214,7 +207,7 @@ def test_results_experiments_fix_the_settings_the_readme_states(make_cfg, experi
 def searched_network(model: str) -> dict[str, str]:
     """What a search varies of `model`'s network (conf/search_space/optuna_<model>.yaml, if the network has one),
     each key with the first value a trial may take."""
-    path = CONF / "search_space" / f"optuna_{model}.yaml"
+    path = conf_file(f"search_space/optuna_{model}.yaml")
     if not path.is_file():
         return {}
     params = OmegaConf.load(path).hydra.sweeper.params
@@ -227,10 +220,9 @@ def test_hparams_search_options_search_keys_that_exist(make_cfg, search: str, mo
     trial = searched_network(model)
     cfg = make_cfg(f"hparams_search={search}", f"model={model}", "data=synthetic")
     check_config(cfg)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        plain = compose("train", overrides=[f"hparams_search={search}", f"model={model}"])
-        overrides = [f"hparams_search={search}", f"model={model}", *(f"{k}={v}" for k, v in trial.items())]
-        composed = compose("train", overrides=overrides, return_hydra_config=True)
+    plain = compose_train(f"hparams_search={search}", f"model={model}")
+    overrides = [f"hparams_search={search}", f"model={model}", *(f"{k}={v}" for k, v in trial.items())]
+    composed = compose_config("train", *overrides, return_hydra_config=True)
     hydra_cfg = composed.hydra
     assert "Optuna" in hydra_cfg.sweeper._target_
     searched = set(hydra_cfg.sweeper.params)
@@ -343,8 +335,7 @@ def test_data_augment_is_off_by_default(make_cfg) -> None:
 
 
 def test_the_resnet_experiment_fixes_the_settings_the_readme_states(make_cfg) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        composed = compose("train", overrides=["experiment=fashion_mnist_resnet"])
+    composed = compose_train("experiment=fashion_mnist_resnet")
     assert composed.data.dataset == "FashionMNIST" and dict(composed.data.augment) == {"crop_padding": 2, "flip": True}
     assert composed.model.net._target_ == "descent.nets.ResNet"
     assert (composed.model.net.depth, composed.model.net.width, composed.model.norm_batch_size) == (8, 32, 32)
@@ -378,29 +369,31 @@ def documented_groups(pages: list[Path]) -> tuple[Path, dict[str, set[str]]] | N
     return None
 
 
-def configs_in(conf: Path) -> dict[str, set[str]]:
-    """Each group of a config dir (`hydra/launcher` for a nested one) with its options."""
-    groups: dict[str, set[str]] = {}
-    for path in conf.rglob("*.yaml"):
-        if path.parent != conf:
-            groups.setdefault(path.parent.relative_to(conf).as_posix(), set()).add(path.stem)
+def configs_in(confs: list[Path]) -> dict[str, dict[str, Path]]:
+    """Each group of the config dirs (`hydra/launcher` for a nested one): its options and their files, the first
+    dir's where two hold one (as Hydra's search path finds them)."""
+    groups: dict[str, dict[str, Path]] = {}
+    for conf in reversed(confs):
+        for path in conf.rglob("*.yaml"):
+            if path.parent != conf:
+                groups.setdefault(path.parent.relative_to(conf).as_posix(), {})[path.stem] = path
     return groups
 
 
-def check_groups_table(page: Path, listed: dict[str, set[str]], conf: Path) -> None:
-    """Fails where the table names a group or option with no file in `conf`; a file the table does not name is a
+def check_groups_table(page: Path, listed: dict[str, set[str]], confs: list[Path]) -> None:
+    """Fails where the table names a group or option with no file in `confs`; a file the table does not name is a
     warning saying which row to add it to (a user's own config is no mistake of the docs)."""
-    on_disk = configs_in(conf)
-    absent = [f"{group}={option}" for group in listed for option in sorted(listed[group] - on_disk.get(group, set()))]
-    assert not absent, f"{page.name}'s table of config groups names options with no file in {conf}: {absent}"
-    for group, options in sorted(on_disk.items()):
-        for option in sorted(options - listed.get(group, set())):
-            file = conf / group / f"{option}.yaml"
+    on_disk = configs_in(confs)
+    absent = [f"{group}={option}" for group in listed for option in sorted(listed[group] - set(on_disk.get(group, {})))]
+    where = " or ".join(str(conf) for conf in confs)
+    assert not absent, f"{page.name}'s table of config groups names options with no file in {where}: {absent}"
+    for group, files in sorted(on_disk.items()):
+        for option in sorted(set(files) - listed.get(group, set())):
             if group in listed:
-                where = f"add `{option}` to its row | `{group}` | ... |"
+                row = f"add `{option}` to its row | `{group}` | ... |"
             else:
-                where = f"add a row | `{group}` | `{option}` | what it sets |"
-            warnings.warn(f"{file} is not in {page.name}'s table of config groups: {where}", stacklevel=2)
+                row = f"add a row | `{group}` | `{option}` | what it sets |"
+            warnings.warn(f"{files[option]} is not in {page.name}'s table of config groups: {row}", stacklevel=2)
 
 
 def test_the_readme_lists_every_group_and_option() -> None:
@@ -408,8 +401,8 @@ def test_the_readme_lists_every_group_and_option() -> None:
     table does not name is a warning."""
     found = documented_groups(DOCS)
     if found is None:
-        pytest.skip(f"README.md and docs/ hold no table of config groups ({GROUPS_TABLE}) to check against {CONF}")
-    check_groups_table(*found, CONF)
+        pytest.skip(f"README.md and docs/ hold no table of config groups ({GROUPS_TABLE}) to check the configs against")
+    check_groups_table(*found, CONF_DIRS)
 
 
 def test_a_config_the_table_does_not_name_is_a_warning_and_a_name_without_a_file_a_failure(tmp_path: Path) -> None:
@@ -422,7 +415,7 @@ def test_a_config_the_table_does_not_name_is_a_warning_and_a_name_without_a_file
     found = documented_groups([tmp_path / "absent.md", table])
     assert found == (table, {"data": {"mnist"}})
     with pytest.warns(UserWarning) as warned:
-        check_groups_table(*found, conf)
+        check_groups_table(*found, [conf])
     assert [str(warning.message) for warning in warned] == [
         f"{conf}/data/mine.yaml is not in README.md's table of config groups: add `mine` to its row | `data` | ... |",
         f"{conf}/hydra/launcher/mine.yaml is not in README.md's table of config groups: add a row "
@@ -430,7 +423,7 @@ def test_a_config_the_table_does_not_name_is_a_warning_and_a_name_without_a_file
     ]
     (conf / "data" / "mnist.yaml").unlink()
     with pytest.raises(AssertionError, match=r"names options with no file in .*\['data=mnist'\]"):
-        check_groups_table(*found, conf)
+        check_groups_table(*found, [conf])
     assert documented_groups([tmp_path / "absent.md"]) is None
 
 

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import pytest
-from helpers import CONF, FASHION_MNIST
-from hydra import compose, initialize_config_dir
+from helpers import FASHION_MNIST, compose_train
 
 from descent.training import train
 
@@ -18,21 +17,17 @@ pytestmark = [
 
 
 def test_two_epochs_of_sgd_reach_84_percent_test_accuracy(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "data=fashion_mnist",
-                f"data.data_dir={tmp_path / 'no-data-here'}",
-                "data.download=false",
-                "optimizer=sgd",
-                "batch_size=64",
-                "max_epochs=2",
-                "trainer=cpu",
-                "logger=none",
-                f"run_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_train(
+        "data=fashion_mnist",
+        f"data.data_dir={tmp_path / 'no-data-here'}",
+        "data.download=false",
+        "optimizer=sgd",
+        "batch_size=64",
+        "max_epochs=2",
+        "trainer=cpu",
+        "logger=none",
+        f"run_dir={tmp_path}",
+    )
     result = train(cfg)
     assert [row["progress/steps"] for row in result["history"]] == [860, 1720]  # ceil(55,000 / 64) a step
     assert result["final"]["test/acc"] >= 0.84
@@ -42,12 +37,8 @@ def test_the_cnn_trains_on_fashion_mnist_with_sgd_and_gd(tmp_path: Path) -> None
     """model=cnn end to end on the real files: one epoch of SGD with momentum, two exact GD steps in chunks."""
     common = ["data=fashion_mnist", f"data.data_dir={tmp_path / 'no-data-here'}", "data.download=false",
               "model=cnn", "trainer=cpu", "logger=none"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        sgd = compose(
-            "train",
-            overrides=[*common, "optimizer=momentum", "batch_size=64", "max_epochs=1", f"run_dir={tmp_path / 'sgd'}"],
-        )
-        gd = compose("train", overrides=[*common, "optimizer=gd", "max_epochs=2", f"run_dir={tmp_path / 'gd'}"])
+    sgd = compose_train(*common, "optimizer=momentum", "batch_size=64", "max_epochs=1", f"run_dir={tmp_path / 'sgd'}")
+    gd = compose_train(*common, "optimizer=gd", "max_epochs=2", f"run_dir={tmp_path / 'gd'}")
     result = train(sgd)
     assert result["final"]["progress/steps"] == 860
     assert result["final"]["test/acc"] >= 0.80  # 83.3% measured (seed 0)

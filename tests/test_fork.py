@@ -29,7 +29,7 @@ OWN_README = "# my project\n\nWhat my project does, in my own words: no table of
 
 def fork(root: Path) -> tuple[Path, Path]:
     """The fork's clone (the template's entry points, conf/, tests and pyproject.toml, its own README) and its
-    config dir outside it: the template's configs and `data/mine.yaml`."""
+    config dir outside it, holding `data/mine.yaml` alone."""
     clone = root / "clone"
     (clone / "src").mkdir(parents=True)
     for script in ("train.py", "eval.py"):
@@ -38,8 +38,8 @@ def fork(root: Path) -> tuple[Path, Path]:
     shutil.copytree(ROOT / "conf", clone / "conf")  # hydra.main's config_path; -cd puts the user's dir before it
     shutil.copytree(ROOT / "tests", clone / "tests", ignore=shutil.ignore_patterns("__pycache__", "test_fork.py"))
     (clone / "README.md").write_text(OWN_README)
-    configs = root / "configs"
-    shutil.copytree(ROOT / "conf", configs)
+    configs = root / "configs"  # their own files alone: -cd layers them before conf/
+    (configs / "data").mkdir(parents=True)
     (configs / "data" / "mine.yaml").write_text(MINE)
     return clone, configs
 

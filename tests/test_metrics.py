@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, compose_train, scalars
-from hydra import compose, initialize_config_dir
+from helpers import compose_config, compose_train, options, scalars
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -76,13 +75,8 @@ def test_a_metric_better_higher_picks_the_epoch_where_it_is_highest(make_cfg, tm
      ("val/calibration_error", "min", "minimize")],
 )  # fmt: skip
 def test_early_stopping_and_the_search_follow_the_monitors_direction(monitor: str, mode: str, direction: str) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[f"monitor={monitor}", "metrics=[macro_f1,calibration_error]", "callbacks=early_stopping",
-                       "hparams_search=optuna"],
-            return_hydra_config=True,
-        )  # fmt: skip
+    cfg = compose_config("train", f"monitor={monitor}", "metrics=[macro_f1,calibration_error]",
+                         "callbacks=early_stopping", "hparams_search=optuna", return_hydra_config=True)  # fmt: skip
     assert instantiate(cfg.callbacks.early_stopping).mode == mode
     assert cfg.hydra.sweeper.direction == direction
 
@@ -127,7 +121,7 @@ def test_configured_metrics_over_two_ddp_processes_equal_one_process(make_cfg, d
 def test_every_shipped_metric_composes_and_builds(make_cfg) -> None:
     from descent.training import build
 
-    for option in sorted(path.stem for path in (CONF / "metrics").glob("*.yaml")):
+    for option in options("metrics"):
         cfg = make_cfg(f"metrics={option}")
         _, model = build(cfg)
         names = set((compose_train(f"metrics={option}").get("metrics") or {}).keys())
