@@ -2,14 +2,23 @@
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import ROOT, compose_train_small, environment, reference_step, write_idx_set
 from omegaconf import DictConfig
+
+if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    # Under `pytest -n` (make test) each worker shares the cores with the others: one thread each, for its own
+    # runs and the subprocesses it starts, as two threads that wait on each other at every operation of a tiny step
+    # make it many times slower on a shared core.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -40,19 +49,30 @@ def imagenet32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ddp_runs(idx_dir: Path, imagenet32_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The run dir of each of ddp_runs.DDP_RUNS, all trained in one 2-rank process group (one torchrun)."""
+    """The run dir of each of ddp_runs.DDP_RUNS, all trained in one 2-rank process group (one torchrun), once per
+    session: under `pytest -n` the first worker to need them trains them, the others wait for its runs and read them
+    (the data they train on are the same, written from the same seed)."""
     from ddp_runs import DDP_RUNS
+    from filelock import FileLock
 
-    out = tmp_path_factory.mktemp("ddp")
-    runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
-    spec = out / "spec.json"
-    spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
-    torchrun = Path(sys.executable).parent / "torchrun"
-    done = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", "tests/ddp_runs.py", str(spec)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment(PYTHONPATH=str(ROOT / "tests")),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-5000:]
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # this session's dir, above each worker's own
+    out = shared / "ddp"
+    with FileLock(shared / "ddp.lock"):
+        if not (out / "trained").is_file():
+            out.mkdir(exist_ok=True)
+            runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
+            spec = out / "spec.json"
+            spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
+            torchrun = Path(sys.executable).parent / "torchrun"
+            done = subprocess.run(
+                [str(torchrun), "--standalone", "--nproc_per_node=2", "tests/ddp_runs.py", str(spec)],
+                cwd=ROOT, capture_output=True, text=True, timeout=900,
+                env=environment(PYTHONPATH=str(ROOT / "tests")),
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-5000:]
+            (out / "trained").touch()
     return {name: out / name for name in DDP_RUNS}
 
 

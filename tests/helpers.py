@@ -28,9 +28,10 @@ from descent.training import build
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 OWN_CONF = Path(os.environ["DESCENT_CONF"]) if os.environ.get("DESCENT_CONF") else None
-"""A fork's own config dir (`DESCENT_CONF=<dir> make test`), layered before conf/ as `src/train.py -cd <dir>`
-layers it: its files add to conf/'s and replace those of the same name."""
-CONF_DIRS = [OWN_CONF, CONF] if OWN_CONF else [CONF]
+"""A fork's own config dir (`DESCENT_CONF=<dir> make test`), added to Hydra's search path after conf/ as
+`src/train.py -cd <dir>` adds it: its files add options to conf/'s groups (a file of the same name as one of conf/'s
+is shadowed by conf/'s, as on the command line)."""
+CONF_DIRS = [CONF, OWN_CONF] if OWN_CONF else [CONF]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
@@ -92,10 +93,10 @@ with hidden layers gets one of 32, unless the test says otherwise: `make_cfg`)."
 
 
 def compose_config(name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
-    """`name` (train, eval) composed as the command line would, from CONF_DIRS: a fork's own dir first, as
-    Hydra's `-cd` puts it, then conf/ (on Hydra's search path)."""
-    layered = [f"hydra.searchpath=[file://{CONF}]"] if OWN_CONF else []
-    with initialize_config_dir(config_dir=str(CONF_DIRS[0]), version_base="1.3"):
+    """`name` (train, eval) composed as the command line would: from conf/, with a fork's own dir after it on
+    Hydra's search path, where `-cd` puts it."""
+    layered = [f"hydra.searchpath=[file://{OWN_CONF}]"] if OWN_CONF else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(name, overrides=[*layered, *overrides], return_hydra_config=return_hydra_config)
 
 

@@ -52,18 +52,3 @@ class RecordingIdx(Recording, IdxData):
 
 class RecordingImageNet(Recording, DownsampledImageNet):
     pass
-
-
-class SignalledIdx(IdxData):
-    """Sends this process `signal_name` while its data loads: a stop signal before training has started."""
-
-    def __init__(self, signal_name: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.signal_name = signal_name
-
-    def load(self) -> Any:
-        import os
-        import signal
-
-        os.kill(os.getpid(), getattr(signal, self.signal_name))
-        return super().load()

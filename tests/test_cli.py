@@ -15,7 +15,9 @@ from descent.training import evaluate, train
 
 
 @pytest.mark.slow
-def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_path: Path) -> None:
+def test_readme_command_trains_writes_tensorboard_events_and_says_each_thing_once(
+    idx_dir: Path, tmp_path: Path
+) -> None:
     done = run("src/train.py", "optimizer=sgd", "batch_size=64", *small(idx_dir), f"hydra.run.dir={tmp_path}")
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -27,7 +29,23 @@ def test_readme_command_trains_and_writes_tensorboard_events(idx_dir: Path, tmp_
     assert series["gap/loss"] == pytest.approx([row["gap/loss"] for row in metrics["history"]])
     assert series["progress/steps"] == [8, 16]
     assert [event.step for event in events(tmp_path).Scalars("test/error")] == [1, 2]  # the x-axis is the epoch k
+
+    # The console: each thing once, nothing of Lightning's start-up.
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    said = [line.split("] - ", 1)[-1] for line in lines]  # without Hydra's timestamp and logger name
+    for absent in ("GPU available", "TPU available", "litlogger", "Tip:", "limit_train_batches", "Warning"):
+        assert not [line for line in said if absent in line], absent
+    assert len(said) == len(set(said)), "a line said twice"
+    assert [line.split()[0] for line in said if line.startswith("epoch ")] == ["epoch", "epoch"]  # one a epoch
+    assert said[0].startswith("MNIST: 600 training and 200 test images") or "FashionMNIST: 600" in said[0]
+    assert any(line.startswith("memory on cpu:") for line in said)
     assert "final (epoch 2)" in done.stderr + done.stdout
+    firsts = [(line.split() or [""])[0] for line in said[-6:]]
+    assert firsts == ["ended", "", "train", "final", "best", "run"]  # why it ended, the table, where it all is
+    assert (
+        said[-6] == "ended after max_epochs=2"
+        and said[-1] == f"run dir {tmp_path}: metrics.json, checkpoints/, train.log"
+    )
 
 
 @pytest.mark.slow
@@ -233,23 +251,3 @@ def test_make_data_installs_fashion_mnist_with_apt_as_root_or_says_the_command(t
         apt.chmod(0o755)
         assert make_data(FASHION_MNIST_DIR=missing, APT_GET=str(apt)) == "installing Debian's dataset-fashion-mnist"
         assert asked.read_text().splitlines() == ["install -y -qq dataset-fashion-mnist"]
-
-
-@pytest.mark.slow
-def test_a_runs_console_says_each_thing_once_and_nothing_of_lightnings_start_up(idx_dir: Path, tmp_path: Path) -> None:
-    done = run("src/train.py", *small(idx_dir), f"hydra.run.dir={tmp_path}")
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    said = [line.split("] - ", 1)[-1] for line in lines]  # without Hydra's timestamp and logger name
-    for absent in ("GPU available", "TPU available", "litlogger", "Tip:", "limit_train_batches", "Warning"):
-        assert not [line for line in said if absent in line], absent
-    assert len(said) == len(set(said)), "a line said twice"
-    assert [line.split()[0] for line in said if line.startswith("epoch ")] == ["epoch", "epoch"]  # one a epoch
-    assert said[0].startswith("MNIST: 600 training and 200 test images") or "FashionMNIST: 600" in said[0]
-    assert any(line.startswith("memory on cpu:") for line in said)
-    firsts = [(line.split() or [""])[0] for line in said[-6:]]
-    assert firsts == ["ended", "", "train", "final", "best", "run"]  # why it ended, the table, where it all is
-    assert (
-        said[-6] == "ended after max_epochs=2"
-        and said[-1] == f"run dir {tmp_path}: metrics.json, checkpoints/, train.log"
-    )

@@ -194,6 +194,7 @@ SUBPROCESSES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("argv", "line"), SUBPROCESSES, ids=[" ".join(argv) for argv, _ in SUBPROCESSES])
 def test_the_entry_points_refuse_a_mistyped_key_in_one_line_with_exit_code_2(argv: list[str], line: str) -> None:
     done = run(*argv)
@@ -201,12 +202,14 @@ def test_the_entry_points_refuse_a_mistyped_key_in_one_line_with_exit_code_2(arg
     assert done.stderr.strip() == f"error: {line}"
 
 
+@pytest.mark.slow
 def test_train_py_takes_data_train_size_and_a_network_argument_without_plus_where_listed() -> None:
     done = run("src/train.py", "--cfg", "job", "data.train_size=500", "model=cnn", "+trainer.max_time=00:01:00:00")
     assert done.returncode == 0, done.stderr
     assert "train_size: 500" in done.stdout and "max_time: 00:01:00:00" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_check_reads_classes_without_importing_torch() -> None:
     """The arguments of torch's, Lightning's and descent's classes are read from their source: a typo costs a
     fraction of a second, not torch's seconds of imports."""

@@ -1,9 +1,9 @@
 """Every option of every config group composes and instantiates; the README's table of groups names only files that
 exist.
 
-The options are those of conf/ and, layered before it, of a fork's own dir (`DESCENT_CONF=<dir>`: the dir it
-gives `src/train.py` as `-cd`), so a user's own files are tested as the template's are. Where a test swaps the data a
-yaml names for its small stand-in files, the yaml's subset (`data.train_size`) is made to fit them."""
+The options are those of conf/ and of a fork's own dir after it on Hydra's search path (`DESCENT_CONF=<dir>`: the
+dir it gives `src/train.py` as `-cd`), so a user's own files are tested as the template's are. Where a test swaps the
+data a yaml names for its small stand-in files, the yaml's subset (`data.train_size`) is made to fit them."""
 
 import warnings
 from pathlib import Path

@@ -35,10 +35,10 @@ def fork(root: Path) -> tuple[Path, Path]:
     for script in ("train.py", "eval.py"):
         shutil.copy(ROOT / "src" / script, clone / "src" / script)
     shutil.copy(ROOT / "pyproject.toml", clone / "pyproject.toml")
-    shutil.copytree(ROOT / "conf", clone / "conf")  # hydra.main's config_path; -cd puts the user's dir before it
+    shutil.copytree(ROOT / "conf", clone / "conf")  # hydra.main's config_path; -cd adds the user's dir after it
     shutil.copytree(ROOT / "tests", clone / "tests", ignore=shutil.ignore_patterns("__pycache__", "test_fork.py"))
     (clone / "README.md").write_text(OWN_README)
-    configs = root / "configs"  # their own files alone: -cd layers them before conf/
+    configs = root / "configs"  # their own files alone: -cd adds them to conf/'s
     (configs / "data").mkdir(parents=True)
     (configs / "data" / "mine.yaml").write_text(MINE)
     return clone, configs

@@ -27,6 +27,7 @@ def recipe_files() -> dict[str, str]:
     return {path: body for path, body in blocks}
 
 
+@pytest.mark.slow
 def test_the_pages_measurement_is_one_file_and_one_yaml_and_reaches_every_output(idx_dir: Path, tmp_path) -> None:
     files = recipe_files()
     assert sorted(files) == ["conf/callbacks/dead_relus.yaml", "src/dead_relus.py"]

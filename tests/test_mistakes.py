@@ -35,6 +35,7 @@ class SignalledWhileLoading(IdxData):
         return loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signal_name", "exit_code"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_stop_signal_while_the_run_sets_up_stops_it_in_one_line_and_leaves_no_run_dir(
     idx_dir: Path, tmp_path: Path, signal_name: str, exit_code: int
@@ -58,6 +59,7 @@ def test_a_stop_signal_while_the_run_sets_up_stops_it_in_one_line_and_leaves_no_
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_no_run_dir_but_a_pinned_dir_with_an_earlier_run_stays(
     idx_dir: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +140,7 @@ def test_trainer_max_epochs_is_max_epochs_for_the_schedule_and_resume_too(make_c
     assert history[3]["progress/lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_every_mistake_the_readme_shows_gets_the_line_it_shows() -> None:
     """Each `$ python src/...` line of the README or docs/ followed by an `error:` line, run verbatim: that line,
     alone, and exit 2 (docs of one's own without such examples skip this). A group's options listed beyond the

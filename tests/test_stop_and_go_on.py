@@ -88,22 +88,3 @@ def test_a_stopped_sweep_summarises_what_it_finished(idx_dir: Path, tmp_path: Pa
     assert rows["7"]["status"] == "ok" and rows["1"]["status"] == "interrupted"
     assert rows["1"]["error"].startswith(f"{name} before step")
     assert "8" not in rows
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("name", "exit_codes"), [("SIGINT", {130}), ("SIGTERM", {143, -15})])
-def test_a_stop_signal_before_training_starts_writes_nothing(idx_dir: Path, tmp_path: Path, name, exit_codes) -> None:
-    """SIGINT: one line and 130; SIGTERM: the default action, 143 as a shell reports it; no checkpoint, no metrics."""
-    from helpers import ROOT, environment
-
-    done = run(
-        "src/train.py", *small(idx_dir), "data._target_=recording_data.SignalledIdx", f"+data.signal_name={name}",
-        f"hydra.run.dir={tmp_path}", env=environment(PYTHONPATH=str(ROOT / "tests")),
-    )  # fmt: skip
-    assert done.returncode in exit_codes, done.stderr
-    assert "Traceback" not in done.stderr
-    if name == "SIGINT":
-        assert done.stderr.strip().splitlines()[-1] == (
-            "stopped: SIGINT before training started; no checkpoint or metrics were written"
-        )
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
