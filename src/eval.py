@@ -13,7 +13,7 @@ from descent.errors import exit_on_error
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 @exit_on_error
 def main(cfg: DictConfig) -> None:
-    from descent.training import evaluate  # here, so that a mistyped override fails before torch loads
+    from descent.evaluation import evaluate  # here, so that a mistyped override fails before torch loads
 
     evaluate(cfg)
 

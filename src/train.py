@@ -37,8 +37,8 @@ def summarise_stopped_sweep() -> None:
 @exit_on_error(when_a_sweep_stops=summarise_stopped_sweep)
 def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
-    from descent.checkpoints import GoingOn, resumed_config  # here: a mistyped override fails before torch loads
-    from descent.multirun import ddp_ranks_run_this_job
+    from descent.multirun import ddp_ranks_run_this_job  # here: a mistyped override fails before torch loads
+    from descent.resume import GoingOn, resumed_config
     from descent.slurm import requeued
     from descent.training import train
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, compose_eval, compose_train, compose_train_small, events, refusal, run, scalars, small
 
-from descent.checkpoints import resumed_config
 from descent.command_line import check_arguments
-from descent.training import evaluate, train
+from descent.evaluation import evaluate
+from descent.resume import resumed_config
+from descent.training import train
 
 
 @pytest.mark.slow

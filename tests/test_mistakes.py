@@ -16,9 +16,10 @@ import lightning
 import pytest
 from helpers import ROOT, environment, points, small
 
-from descent.checkpoints import load, resumed_config
+from descent.checkpoints import load
 from descent.data.idx import IdxData
 from descent.progress import RichBar
+from descent.resume import resumed_config
 from descent.training import train
 
 

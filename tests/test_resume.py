@@ -16,7 +16,8 @@ import pytest
 import torch
 from helpers import events, finish, start, wait_for
 
-from descent.checkpoints import load, newest_checkpoint, resumed_config
+from descent.checkpoints import load
+from descent.resume import newest_checkpoint, resumed_config
 from descent.stepping import Interrupted
 from descent.training import train
 

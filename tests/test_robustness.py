@@ -230,7 +230,7 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(tmp_path: Path, s
 def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(make_cfg, tmp_path: Path) -> None:
     """`python src/train.py resume=<run> ...`: the config is composed from the command line, then resumed_config
     refuses it (src/train.py prints the message as one line and exits 2, as every refusal of the settings)."""
-    from descent.checkpoints import resumed_config
+    from descent.resume import resumed_config
 
     train(make_cfg(run_dir=tmp_path / "run"))
     before = digest(tmp_path / "run")
@@ -276,7 +276,7 @@ def test_the_runs_own_command_with_resume_appended_goes_on(idx_dir: Path, tmp_pa
 def test_resume_with_more_epochs_goes_on_in_the_same_dir(make_cfg, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from descent.checkpoints import resumed_config
+    from descent.resume import resumed_config
 
     train(make_cfg("max_epochs=1"))
     cfg = make_cfg("max_epochs=3", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "elsewhere")
@@ -402,7 +402,7 @@ def test_bad_checkpoints_are_refused_in_plain_words_by_train_and_eval(make_cfg, 
     (test_eval_refuses_a_bad_checkpoint_in_one_line_and_exit_2: the line the command prints)."""
     from helpers import compose_eval
 
-    from descent.training import evaluate
+    from descent.evaluation import evaluate
 
     train(make_cfg("max_epochs=1", "logger=none", run_dir=tmp_path / "run"))
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -432,7 +432,7 @@ def test_eval_refuses_a_bad_checkpoint_in_one_line_and_exit_2(make_cfg, tmp_path
 def test_eval_without_a_checkpoint_says_how_to_give_one(tmp_path: Path) -> None:
     from helpers import compose_eval
 
-    from descent.training import evaluate
+    from descent.evaluation import evaluate
 
     with pytest.raises(DescentError) as raised:
         evaluate(compose_eval(f"run_dir={tmp_path}"))
@@ -446,7 +446,7 @@ def test_a_resumed_run_keeps_every_csv_row_written_before(make_cfg, tmp_path: Pa
     """Lightning's CSVLogger deletes metrics.csv when a run reopens it; descent's keeps each epoch's row once."""
     import csv
 
-    from descent.checkpoints import resumed_config
+    from descent.resume import resumed_config
 
     train(make_cfg("max_epochs=2", "logger=csv"))
     cfg = make_cfg("max_epochs=3", "logger=csv", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "elsewhere")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from descent.checkpoints import resumed_config
+from descent.resume import resumed_config
 from descent.training import train
 
 LR = 0.1

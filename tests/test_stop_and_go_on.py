@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from helpers import compose_eval, run, small
 
-from descent.checkpoints import resumed_config
-from descent.training import evaluate, train
+from descent.evaluation import evaluate
+from descent.resume import resumed_config
+from descent.training import train
 
 
 def test_a_warm_start_trains_from_epoch_1_with_the_new_settings(make_cfg, tmp_path: Path) -> None:

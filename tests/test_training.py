@@ -74,7 +74,7 @@ def test_training_figures_are_a_full_forward_pass_with_the_end_of_epoch_weights(
 
 
 def test_resuming_a_run_continues_to_the_same_result(make_cfg, tmp_path: Path) -> None:
-    from descent.checkpoints import resumed_config
+    from descent.resume import resumed_config
 
     straight = train(make_cfg("max_epochs=3", run_dir=tmp_path / "straight"))
     train(make_cfg("max_epochs=1", run_dir=tmp_path / "first"))

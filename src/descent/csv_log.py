@@ -8,8 +8,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 
-from descent.checkpoints import GoingOn
 from descent.results import STEPS
+from descent.resume import GoingOn
 
 
 class CSVLogger(LightningCSVLogger):

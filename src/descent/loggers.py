@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from descent.checkpoints import GoingOn
+from descent.resume import GoingOn
 
 MLFLOW = "lightning.pytorch.loggers.MLFlowLogger"
 RUN_NAMES = {MLFLOW: "run_name", "lightning.pytorch.loggers.WandbLogger": "name"}

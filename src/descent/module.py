@@ -19,11 +19,11 @@ from torchmetrics import Metric
 
 from descent import metrics, results
 from descent.batchnorm import ghost_batch_norm, recompute_statistics_of
-from descent.checkpoints import rebuild_schedule
 from descent.clock import TrainingClock
 from descent.data import EVAL_SETS, Chunk
 from descent.losses import check_loss, check_loss_sums, check_precision
 from descent.metrics import SetMetrics
+from descent.resume import rebuild_schedule
 from descent.schedules import follows_figures, with_warmup
 from descent.stepping import take_step
 from descent.stopping import check_evaluated_loss
@@ -111,7 +111,7 @@ class Classifier(LightningModule):
         if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
             self.log(results.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
             # Its x-axis, given (Lightning would add its own 0-based "epoch" figure): the count of steps before it,
-            # as the loss is that of the weights before this step (checkpoints.GoingOn.purge_step relies on it).
+            # as the loss is that of the weights before this step (resume.GoingOn.purge_step relies on it).
             self.log("step", float(self.global_step - 1), on_step=True, on_epoch=False)
 
     def on_train_start(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from descent.checkpoints import GoingOn, newest_checkpoint
+from descent.resume import GoingOn, newest_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,8 @@
-"""`train(cfg)` and `evaluate(cfg)`: build data, network, module and trainer from a composed config and run them."""
+"""`train(cfg)`: build data, network, module and trainer from a composed config and run them."""
 
 import json
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from descent import metrics, results, slurm
 from descent.batchnorm import check_batch_coupling
 from descent.checkpoints import (
-    AtomicCheckpointIO,
     BackgroundCheckpointIO,
-    GoingOn,
     StepState,
     check_fits,
     in_precision,
@@ -36,6 +33,7 @@ from descent.module import Classifier
 from descent.monitor import monitor_mode
 from descent.noise import GradientNoise
 from descent.progress import ProgressLines, progress_bar
+from descent.resume import GoingOn
 from descent.stepping import KeepWeightsOnLightningStop
 from descent.stopping import StoppedEarly, received, stop_on_signals, why_it_ended
 from descent.tensorboard import TensorBoardTabs, hyperparameters
@@ -158,7 +156,7 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     """Train, evaluating every epoch; write config.yaml and metrics.json to the run dir and return the metrics.
 
-    On resume= (see `checkpoints.resumed_config`), `going_on` is what the run goes on from, if the caller has read
+    On resume= (see `resume.resumed_config`), `going_on` is what the run goes on from, if the caller has read
     it already."""
     one_max_epochs(cfg)
     check_config(cfg)
@@ -230,52 +228,3 @@ def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) ->
     best_checkpoint = trainer.checkpoint_callbacks[0].best_model_path if trainer.checkpoint_callbacks else ""
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     return results.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode)
-
-
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Figures of a checkpoint on the train, val and test sets of the run that wrote it."""
-    require(
-        cfg.ckpt_path is not None,
-        "ckpt_path is missing: give the checkpoint to evaluate, e.g. python src/eval.py "
-        "ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt",
-    )
-    ckpt_path = Path(cfg.ckpt_path)
-    require(ckpt_path.is_file(), f"ckpt_path={ckpt_path}: no such checkpoint file")
-    run_config = ckpt_path.parent.parent / "config.yaml"
-    require(
-        run_config.is_file(),
-        f"ckpt_path={ckpt_path}: no config.yaml in its run dir ({run_config.parent}); "
-        "evaluate a checkpoint inside the run dir that src/train.py wrote",
-    )
-    run_cfg = OmegaConf.load(run_config)
-    if cfg.data_dir is not None:
-        run_cfg.data.data_dir = cfg.data_dir
-    trained_in = run_cfg.trainer.precision
-    run_cfg.trainer, run_cfg.run_dir = cfg.trainer, cfg.run_dir  # the device is chosen now, not at training
-    if run_cfg.trainer.get("precision") is None:  # conf/eval.yaml: the run's own unless given
-        run_cfg.trainer.precision = trained_in
-    elif str(run_cfg.trainer.precision) != str(trained_in):
-        log.info("evaluating in trainer.precision=%s; the run trained in %s", run_cfg.trainer.precision, trained_in)
-    check_config(run_cfg)
-    quiet_lightning()
-    # Lightning's advice to pass the training callbacks along with ckpt_path is for going on training.
-    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
-    data, model = build(run_cfg)
-    check_fits(ckpt_path, model)
-    trainer = instantiate(
-        trainer_settings(run_cfg.trainer), logger=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()]
-    )
-    in_precision(model, trainer)
-    trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
-    figures = model.last_evaluation
-    log.info(
-        "%s: test loss %.4f  test error %.2f%%  test accuracy %.2f%%",
-        ckpt_path,
-        figures["test/loss"],
-        100 * figures["test/error"],
-        100 * figures["test/acc"],
-    )
-    if trainer.is_global_zero:
-        figures_json = json.dumps({"ckpt_path": str(ckpt_path), **figures}, indent=2) + "\n"
-        replace_text(Path(cfg.run_dir) / "metrics.json", figures_json)
-    return figures
