@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
+import shlex
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from hydra.utils import get_object
 
 from descent.errors import require
-
-if TYPE_CHECKING:
-    from descent.command_line import CommandLine, Configs
 
 HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
 """What Hydra's `instantiate` reads under any node with a `_target_`, whatever the class."""
@@ -218,3 +218,43 @@ def target_parameters(target: str) -> frozenset[str] | None:
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             return frozenset(names)
     return frozenset(names) if isinstance(built, type) else None
+
+
+class Configs:
+    """Composed configs as plain containers (interpolations unresolved), each composed when first read; None for
+    one that Hydra cannot compose (Hydra says why when it runs)."""
+
+    def __init__(self, loader: Any, config_name: str, overrides: list[list[str]]) -> None:
+        self.loader, self.config_name, self.overrides = loader, config_name, overrides
+        self.done: list[dict | None] = []
+
+    def __iter__(self) -> Iterator[dict | None]:
+        yield from self.done
+        for overrides in self.overrides[len(self.done) :]:
+            self.done.append(self.compose(overrides))
+            yield self.done[-1]
+
+    def compose(self, overrides: list[str]) -> dict | None:
+        from hydra.types import RunMode
+        from omegaconf import OmegaConf
+
+        try:
+            config = self.loader.load_configuration(self.config_name, overrides, RunMode.RUN)
+        except Exception:  # any failure to compose is Hydra's to report, in its own words
+            return None
+        tree = OmegaConf.to_container(config, resolve=False)
+        tree.pop("hydra", None)
+        return tree
+
+
+class CommandLine:
+    """The command as the user typed it, to print with one argument mended."""
+
+    def __init__(self, argv: list[str], script: Path) -> None:
+        self.argv, self.program = argv, f"python {os.path.relpath(script)}"
+
+    def with_argument(self, old: str, new: str | None) -> str:
+        """The command with `old` replaced by `new` (None: without it)."""
+        index = self.argv.index(old)
+        argv = self.argv[:index] + ([new] if new is not None else []) + self.argv[index + 1 :]
+        return " ".join([self.program, *(shlex.quote(argument) for argument in argv)])

@@ -13,14 +13,12 @@ The config is composed with Hydra's own loader (the search path `hydra.main` bui
 import itertools
 import math
 import os
-import shlex
-from collections.abc import Iterator
 from contextlib import redirect_stderr
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from descent.command_keys import check_key, given_targets
+from descent.command_keys import CommandLine, Configs, check_key, given_targets
 from descent.errors import require
 
 MOST_COMPOSED = 8
@@ -129,7 +127,7 @@ def check_group_option(loader: Any, config_name: str, searchpath: list[str], ove
             )
 
 
-def composed(loader: Any, config_name: str, searchpath: list[str], groups: list[Any]) -> "Configs":
+def composed(loader: Any, config_name: str, searchpath: list[str], groups: list[Any]) -> Configs:
     """The configs the group choices make, composed one at a time as the check needs them: one without a sweep,
     every combination of a small sweep, each group's choices in turn beside the others' first in a large one."""
     from hydra.core.override_parser.types import Transformer
@@ -150,43 +148,3 @@ def composed(loader: Any, config_name: str, searchpath: list[str], groups: list[
             tuple(firsts[:i] + [choice] + firsts[i + 1 :]) for i, options in enumerate(each) for choice in options[1:]
         ]
     return Configs(loader, config_name, [[*searchpath, *chosen] for chosen in lines])
-
-
-class Configs:
-    """Composed configs as plain containers (interpolations unresolved), each composed when first read; None for
-    one that Hydra cannot compose (Hydra says why when it runs)."""
-
-    def __init__(self, loader: Any, config_name: str, overrides: list[list[str]]) -> None:
-        self.loader, self.config_name, self.overrides = loader, config_name, overrides
-        self.done: list[dict | None] = []
-
-    def __iter__(self) -> Iterator[dict | None]:
-        yield from self.done
-        for overrides in self.overrides[len(self.done) :]:
-            self.done.append(self.compose(overrides))
-            yield self.done[-1]
-
-    def compose(self, overrides: list[str]) -> dict | None:
-        from hydra.types import RunMode
-        from omegaconf import OmegaConf
-
-        try:
-            config = self.loader.load_configuration(self.config_name, overrides, RunMode.RUN)
-        except Exception:  # any failure to compose is Hydra's to report, in its own words
-            return None
-        tree = OmegaConf.to_container(config, resolve=False)
-        tree.pop("hydra", None)
-        return tree
-
-
-class CommandLine:
-    """The command as the user typed it, to print with one argument mended."""
-
-    def __init__(self, argv: list[str], script: Path) -> None:
-        self.argv, self.program = argv, f"python {os.path.relpath(script)}"
-
-    def with_argument(self, old: str, new: str | None) -> str:
-        """The command with `old` replaced by `new` (None: without it)."""
-        index = self.argv.index(old)
-        argv = self.argv[:index] + ([new] if new is not None else []) + self.argv[index + 1 :]
-        return " ".join([self.program, *(shlex.quote(argument) for argument in argv)])
