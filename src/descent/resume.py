@@ -57,9 +57,13 @@ class GoingOn:
             "before it wrote one); start it again without resume",
         )
         assert newest is not None
-        checkpoint = load(newest, mmap=True)
-        history = checkpoint.get("descent", {}).get("history", [])
-        return cls(run_dir, newest, int(checkpoint.get("global_step", 0)), history)
+        return cls.of(run_dir, newest)
+
+    @classmethod
+    def of(cls, run_dir: Path, checkpoint: Path) -> "GoingOn":
+        """Going on in `run_dir` from `checkpoint`, one of its GOING_ON_FROM."""
+        saved = load(checkpoint, mmap=True)
+        return cls(run_dir, checkpoint, int(saved.get("global_step", 0)), saved.get("descent", {}).get("history", []))
 
     @property
     def purge_step(self) -> int:

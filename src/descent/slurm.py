@@ -42,6 +42,7 @@ def requeued(run_dir: str) -> GoingOn | None:
     the run dir must be pinned (e.g. hydra.run.dir=logs/train/runs/$SLURM_JOB_ID, or a sweep's)."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return None
-    if not (Path(run_dir) / "config.yaml").is_file() or newest_checkpoint(Path(run_dir)) is None:
+    if not (Path(run_dir) / "config.yaml").is_file():
         return None
-    return GoingOn.read(run_dir)
+    newest = newest_checkpoint(Path(run_dir))
+    return None if newest is None else GoingOn.of(Path(run_dir), newest)
