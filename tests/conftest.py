@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, compose_train_small, environment, reference_step, write_idx_set
+from helpers import ROOT, compose_train_small, environment, once_per_session, reference_step, write_idx_set
 from omegaconf import DictConfig
 
 if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
@@ -53,26 +53,19 @@ def ddp_runs(idx_dir: Path, imagenet32_dir: Path, tmp_path_factory: pytest.TempP
     session: under `pytest -n` the first worker to need them trains them, the others wait for its runs and read them
     (the data they train on are the same, written from the same seed)."""
     from ddp_runs import DDP_RUNS
-    from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp()
-    if "PYTEST_XDIST_WORKER" in os.environ:
-        shared = shared.parent  # this session's dir, above each worker's own
-    out = shared / "ddp"
-    with FileLock(shared / "ddp.lock"):
-        if not (out / "trained").is_file():
-            out.mkdir(exist_ok=True)
-            runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
-            spec = out / "spec.json"
-            spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
-            torchrun = Path(sys.executable).parent / "torchrun"
-            done = subprocess.run(
-                [str(torchrun), "--standalone", "--nproc_per_node=2", "tests/ddp_runs.py", str(spec)],
-                cwd=ROOT, capture_output=True, text=True, timeout=900,
-                env=environment(PYTHONPATH=str(ROOT / "tests")),
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr[-5000:]
-            (out / "trained").touch()
+    def make(out: Path) -> None:
+        runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
+        spec = out / "spec.json"
+        spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
+        torchrun = Path(sys.executable).parent / "torchrun"
+        done = subprocess.run(
+            [str(torchrun), "--standalone", "--nproc_per_node=2", "tests/ddp_runs.py", str(spec)],
+            cwd=ROOT, capture_output=True, text=True, timeout=900, env=environment(PYTHONPATH=str(ROOT / "tests")),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-5000:]
+
+    out = once_per_session(tmp_path_factory, "ddp", make)
     return {name: out / name for name in DDP_RUNS}
 
 

@@ -6,6 +6,7 @@ Every run a test starts is pinned to the CPU (`CUDA_VISIBLE_DEVICES` empty for s
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning
+import pytest
 import torch
 import torch.nn.functional as F
 from data_files import write_idx
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -154,6 +157,22 @@ def small(idx_dir: Path) -> list[str]:
         "model.net.hidden=[32]",
         "max_epochs=2",
     ]
+
+
+def once_per_session(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """The dir `make(dir)` fills, made once per pytest session: under `pytest -n` (make test) by the first worker to
+    ask, while the others wait for it and then read what it made."""
+    shared = factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # this session's dir, above each worker's own
+    made, marker = shared / name, shared / f"{name}.made"
+    with FileLock(shared / f"{name}.lock"):
+        if not marker.is_file():
+            shutil.rmtree(made, ignore_errors=True)  # what a worker that failed to make it left
+            made.mkdir()
+            make(made)
+            marker.touch()
+    return made
 
 
 def environment(threads: int | None = None, **extra: str) -> dict[str, str]:
