@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from descent import monitor  # noqa: F401  (registers ${monitor_mode:...} and ${monitor_direction:...})
 from descent.command_line import check_arguments
 from descent.errors import exit_on_error
-from descent.multirun import job_dir_name
+from descent.multirun import job_dir_name, sweep_going_on
 from descent.stopping import stop_before_training
 
 OmegaConf.register_new_resolver("job_dir_name", job_dir_name)  # names a sweep's job dirs (conf/train.yaml)
@@ -53,7 +53,9 @@ def main(cfg: DictConfig) -> float:
 
 @exit_on_error
 def check_command_line() -> None:
+    """Mistyped keys and options in one line; `resume=<sweep dir>` becomes the sweep's own command line."""
     check_arguments(sys.argv[1:], Path(__file__), config_path="../conf", config_name="train")
+    sys.argv[1:] = sweep_going_on(sys.argv[1:]) or sys.argv[1:]
 
 
 if __name__ == "__main__":

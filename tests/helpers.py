@@ -8,10 +8,13 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning
@@ -251,8 +254,13 @@ class SendSignal(lightning.Callback):
     """Sends this process `signal_name` from Lightning hook `hook` in epoch `epoch` (0-based), once: a stop signal
     driven into a chosen phase of a real run, deterministically (`+callbacks.signal._target_=helpers.SendSignal`)."""
 
-    def __init__(self, signal_name: str, hook: str, epoch: int = 1, batch: int | None = None) -> None:
+    def __init__(
+        self, signal_name: str, hook: str, epoch: int = 1, batch: int | None = None, once_marker: str | None = None
+    ) -> None:
+        """`once_marker`: a file that the signal's sending creates, and whose presence keeps it from being sent:
+        once in all, over a sweep's jobs and the runs that go on from them."""
         self.signal_name, self.hook, self.epoch, self.batch, self.sent = signal_name, hook, epoch, batch, False
+        self.once_marker = Path(once_marker) if once_marker else None
         setattr(self, hook, self._send)
 
     def _send(self, trainer: lightning.Trainer, *args: object, **kwargs: object) -> None:
@@ -261,6 +269,54 @@ class SendSignal(lightning.Callback):
         batch_idx = args[place] if len(args) > place else kwargs.get("batch_idx")
         if self.batch is not None and batch_idx != self.batch:
             return
+        if self.once_marker is not None and self.once_marker.exists():
+            return
         if not self.sent and trainer.current_epoch == self.epoch:
             self.sent = True
+            if self.once_marker is not None:
+                self.once_marker.touch()
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(command: list[str], ready_url: str) -> Iterator[None]:
+    """A web server (`mlflow ui`, `optuna-dashboard`) for the block, once `ready_url` answers 200. In its own
+    process group, so that the workers it starts (gunicorn's) go with it."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def rendered(page: str, profile: Path) -> str:
+    """The page's DOM once headless Chromium (Debian's; .ci/run installs it) has run its scripts: what a browser
+    shows, not only the served HTML. Skips the test where Chromium is not installed."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    shown = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", page],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    return shown.stdout

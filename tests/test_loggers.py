@@ -4,19 +4,13 @@ figures of metrics.json, read back with each library's own reader; MLflow's UI r
 import glob
 import json
 import logging
-import os
-import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run, scalars, small
+from helpers import ROOT, free_port, rendered, run, scalars, serving, small
 
 from descent.training import train
 
@@ -90,58 +84,25 @@ def test_tensorboard_mlflow_wandb_and_csv_at_once_hold_every_epochs_figures(make
     assert len(csv_rows) >= 3
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_ui_shows_the_run_in_a_real_browser(make_cfg, tmp_path: Path) -> None:
     """`mlflow ui` on the run's store, and headless Chromium (Debian's; .ci/run installs it) rendering the
     experiment's page: the run's name appears in the page the browser built, not only in the served HTML."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}", "max_epochs=1")
     train(cfg)
     _, run = mlflow_run(uri)
     port = free_port()
     mlflow_cli = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen(
-        [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip  (its own process group: `mlflow ui` starts gunicorn's workers, which go with it)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(1)
+    command = [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    with serving(command, f"http://127.0.0.1:{port}/health"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
             served = answer.read().decode()
         page = f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        shown = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", "--dump-dom", page],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    assert shown.returncode == 0, shown.stderr[-2000:]
+        shown = rendered(page, tmp_path / "chromium")
     assert str(cfg.run_dir) not in served  # the served page is an empty shell: its script draws the run
-    assert str(cfg.run_dir) in shown.stdout  # the run's name, rendered by MLflow's own JavaScript
-    assert "val/error" in shown.stdout  # and its figures' names
+    assert str(cfg.run_dir) in shown  # the run's name, rendered by MLflow's own JavaScript
+    assert "val/error" in shown  # and its figures' names
 
 
 def test_a_new_mlflow_store_leaves_logging_as_it_was(make_cfg, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

@@ -129,14 +129,25 @@ names the training stack's modules it imported."""
 def test_the_report_the_summary_and_the_reader_of_run_dirs_import_no_torch(sweep: Path, tmp_path: Path) -> None:
     """What runs after training reads metrics.json and writes markdown, CSV and PNG: a torch import would cost it
     seconds (most of its start-up) and tie it to the training stack."""
+    import optuna
+
     shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
     for name in ("report.md", "report.png", "summary.md", "summary.csv"):  # written again below
         (tmp_path / name).unlink(missing_ok=True)
+    study = optuna.create_study(study_name="descent", storage=f"sqlite:///{tmp_path}/optuna.db")  # a search's too
+    for value in (0.3, 0.2, None):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)})
+        trial.report(0.5, step=1)
+        study.tell(trial, value, state=None if value else optuna.trial.TrialState.PRUNED)
     done = run("-c", READ_WITHOUT_TORCH, str(tmp_path))
     assert done.returncode == 0, done.stderr
     *_, statuses, imported = done.stdout.splitlines()
     assert statuses == "['ok', 'ok']" and imported == "[]"
-    assert table_rows((tmp_path / "report.md").read_text()) and (tmp_path / "report.png").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert table_rows(report) and (tmp_path / "report.png").is_file()
+    assert "## Search: study descent\n\n3 trials: 2 complete, 1 pruned. Best: trial 1, 0.2 at {'lr': " in report
+    for name in ("search_curves.png", "search_history.png", "search_importances.png"):
+        assert (tmp_path / name).is_file() and f"]({name})" in report
     assert "2 runs, 0 failed" in (tmp_path / "summary.md").read_text()
 
 

@@ -1,4 +1,4 @@
-"""Multiruns that compare themselves: summary.csv and summary.md, failed jobs, and the Optuna search."""
+"""Multiruns that compare themselves: summary.csv and summary.md, failed jobs (the Optuna search: test_search)."""
 
 import csv
 import json
@@ -75,35 +75,6 @@ def test_a_failed_job_is_reported_and_does_not_stop_the_others(idx_dir: Path, tm
     assert "1 failed" in (tmp_path / "summary.md").read_text()
 
 
-def test_an_optuna_search_of_3_trials_completes(tmp_path: Path) -> None:
-    done = run(
-        "src/train.py",
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "data=synthetic",
-        "data.num_train=1200",
-        "data.num_test=300",
-        "data.val_size=200",
-        "data.noise=6",
-        "max_epochs=2",
-        "trainer=cpu",
-        f"hydra.sweep.dir={tmp_path}",
-    )
-    assert done.returncode == 0, done.stderr
-    _, runs = read_summary(tmp_path)
-    assert len(runs) == 3 and all(row["status"] == "ok" for row in runs)
-    searched = {"optimizer.lr", "batch_size", "hidden_width", "optimizer.weight_decay"}
-    for row in runs:
-        assert searched <= {key for key, value in row.items() if value}
-        config = (tmp_path / row["run"] / "config.yaml").read_text()
-        width = row["hidden_width"]
-        assert f"    hidden:\n    - {width}\n    - {width}\n" in config  # the searched width reaches the model
-    results = (tmp_path / "optimization_results.yaml").read_text()
-    best = min(float(row["best val/error"]) for row in runs)
-    assert f"best_value: {best}" in results
-
-
 def test_a_run_that_stopped_early_is_summarised_as_failed(tmp_path: Path) -> None:
     from descent.runs import read_runs
 
@@ -171,24 +142,3 @@ def test_runs_are_read_from_metrics_json_error_txt_or_marked_running(tmp_path: P
     assert math.isnan(running.objective) and ok.rank == ok.objective  # lower is better: ranked by the figure itself
     (single,) = read_runs(tmp_path / "ok")  # a run dir is read as itself, named by its dir
     assert (single.name, single.best) == ("ok", ok.best)
-
-
-def test_a_search_outlives_a_trial_whose_learning_rate_diverges(tmp_path: Path) -> None:
-    """The search space holds a learning rate that diverges: that trial is failed, the others go on to n_trials."""
-    done = run(
-        "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4",
-        "optimizer.lr=choice(1000000.0,0.05)", "data=synthetic", "data.num_train=600", "data.num_test=200",
-        "data.val_size=100", "max_epochs=1", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
-    _, runs = read_summary(tmp_path)
-    assert len(runs) == 4  # n_trials, the failed one among them
-    failed = [row for row in runs if row["status"] == "failed"]
-    assert failed and all(row["optimizer.lr"] == "1000000.0" for row in failed)
-    assert all("training diverged" in row["error"] for row in failed)
-    (note,) = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
-    assert note.startswith(f"note: {len(failed)} of 4 trials failed")
-    results = (tmp_path / "optimization_results.yaml").read_text()
-    best = min(float(row["best val/error"]) for row in runs if row["status"] == "ok")
-    assert f"best_value: {best}" in results and "optimizer.lr: 0.05" in results

@@ -1,4 +1,5 @@
-"""What a Hydra multirun needs beyond Hydra: job dir names that can be typed back, and DDP ranks that run their job.
+"""What a Hydra multirun needs beyond Hydra: job dir names that can be typed back, a sweep that goes on with
+`resume=<sweep dir>`, and DDP ranks that run their job.
 
 Job dirs are named by their overrides, so that TensorBoard's run names say what each run is; `job_dir_name` makes
 that name a path that needs no quoting in a shell or in Hydra's override grammar (`resume=<dir>` and
@@ -12,24 +13,54 @@ the next job starts its own ranks. Processes started by SLURM or torchrun are no
 """
 
 import contextlib
+import hashlib
 import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-from omegaconf import read_write
+from omegaconf import OmegaConf, read_write
 
-from descent.errors import in_multirun
+from descent.errors import in_multirun, require
 
 NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_.:+@%/-]")
 """What Hydra's grammar or a shell would need quoted: brackets, commas, quotes, spaces, `=`, `$`, `*`, ..."""
 
 
+LONGEST_NAME = 200
+"""File systems refuse names over 255 bytes: longer ones are cut here and made unique by a hash of the whole."""
+
+
 def job_dir_name(override_dirname: str) -> str:
     """`batch_size:32+model.net.hidden:[64,32]` (Hydra's override_dirname with `:` and `+` as separators) as
-    `batch_size:32+model.net.hidden:64-32`: list commas become `-`, brackets and quotes go, the rest becomes `_`."""
+    `batch_size:32+model.net.hidden:64-32`: list commas become `-`, brackets and quotes go, the rest becomes `_`.
+    A name over LONGEST_NAME characters keeps its start and ends in `+` and 12 hex digits of its SHA-256."""
     name = override_dirname.replace(",", "-").replace("/", "-")
-    return NOT_IN_NAMES.sub("_", re.sub(r"[\[\]{}()'\"]", "", name)) or "default"
+    name = NOT_IN_NAMES.sub("_", re.sub(r"[\[\]{}()'\"]", "", name)) or "default"
+    if len(name) > LONGEST_NAME:
+        name = f"{name[: LONGEST_NAME - 13]}+{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def sweep_going_on(arguments: list[str]) -> list[str] | None:
+    """For `resume=<sweep dir>` (a dir with Hydra's multirun.yaml), the sweep's own command line into that dir,
+    whose jobs then go on where they stopped (descent.search); None for any other command line. Hydra's own
+    settings (`hydra.*`, `hydra/launcher=...`) and options such as `-cd <dir>` may be added; other settings would
+    make the jobs still to run differ from those that ran."""
+    resume = next((arg.partition("=")[2] for arg in arguments if arg.startswith("resume=")), "")
+    if not resume or not (Path(resume) / "multirun.yaml").is_file():
+        return None
+    added = [arg for arg in arguments if not arg.startswith("resume=")]
+    changed = [arg for arg in added if "=" in arg and not arg.startswith(("hydra.", "hydra/", "-"))]
+    require(
+        not changed,
+        f"resume={resume}: a sweep goes on with its own settings, so {' '.join(changed)} cannot be given; start a new "
+        "sweep for other settings",
+    )
+    saved = OmegaConf.load(Path(resume) / "multirun.yaml").hydra.overrides
+    own = [arg for arg in saved.hydra if not arg.startswith(("hydra.mode=", "hydra.sweep.dir="))]
+    return ["-m", *saved.task, *own, f"hydra.sweep.dir={Path(resume).resolve()}", *added]
 
 
 LIGHTNING_DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")

@@ -15,6 +15,7 @@ from descent.critical_batch import critical_batch_section
 from descent.errors import require
 from descent.results import SHARPNESS, STEPS, TRAIN_S, TWO_OVER_LR, flow, flow_depths
 from descent.runs import Run, read_runs
+from descent.study import search_section
 
 X_AXES = (("epoch", "epoch"), ("optimizer steps", STEPS), ("training seconds", TRAIN_S))
 """The figure's columns: the x label and the history key whose values are x."""
@@ -255,6 +256,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
             "",
             "![train and test curves](report.png)",
             "",
+            search_section(sweep_dir),
             critical_batch_section(runs, sweep_dir),
             curvature_section(runs, sweep_dir),
             flow_section(runs, sweep_dir),

@@ -11,16 +11,13 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from descent.checkpoints import load
 from descent.errors import require
+from descent.runs import GOING_ON_FROM
 
 SCHEDULE_LENGTHS = ("T_max", "total_iters")
 """Scheduler settings that are the run's length in epochs when they equal max_epochs (CosineAnnealingLR, LinearLR)."""
 
 RESUMABLE = ("max_epochs", "trainer", "data.data_dir", "data.system_dir", "data.download", "logger")
 """What `resume=<run dir>` lets the command line change: how long and where the run goes on, not what it is."""
-
-
-GOING_ON_FROM = ("last.ckpt", "interrupted.ckpt", "periodic.ckpt")
-"""What `resume=` may go on from: the end of the last evaluated epoch, a stop signal's moment, a periodic save."""
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:

@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from descent.errors import DescentError
 from descent.results import final_and_best
 
+GOING_ON_FROM = ("last.ckpt", "interrupted.ckpt", "periodic.ckpt")
+"""What `resume=` may go on from: the end of the last evaluated epoch, a stop signal's moment, a periodic save."""
+
 Row = dict[str, float]
 """One epoch's figures, as metrics.json's history holds them: `epoch` and every `{set}/{name}` and PROGRESS key."""
 
@@ -30,7 +33,8 @@ class Run:
     name: str  # its path relative to the dir searched; the dir's own name if it is the run dir
     path: Path
     overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "running"  # ok; failed (error.txt, or diverged); interrupted (a stop signal); running (no result)
+    status: str = "running"  # ok; pruned (by a search); failed (error.txt, or diverged); interrupted (a stop
+    # signal); running (no result)
     monitor: str | None = None
     mode: str = "min"  # "max": the monitor is better higher
     history: list[Row] = field(default_factory=list)
@@ -40,8 +44,9 @@ class Run:
 
     @property
     def objective(self) -> float:
-        """The best epoch's `monitor` figure, what a sweep optimises; NaN for a run without a result."""
-        return self.best[self.monitor] if self.status == "ok" and self.best and self.monitor else math.nan
+        """The best epoch's `monitor` figure, what a sweep optimises (so far, for a pruned run); NaN for a run
+        without a result."""
+        return self.best[self.monitor] if self.status in ("ok", "pruned") and self.best and self.monitor else math.nan
 
     @property
     def rank(self) -> float:
@@ -55,12 +60,18 @@ class Run:
         return [row[key] for row in self.history]
 
 
+NOT_SETTINGS = ("resume", "trial")
+"""Overrides that say where a run goes on or which search's trial it is, not what it is (nor its dir's name)."""
+
+
 def read_overrides(run_dir: Path) -> dict[str, str]:
-    """The `key=value` command-line overrides Hydra saved for the run; {} for a run dir without `.hydra/`."""
+    """The `key=value` command-line overrides Hydra saved for the run, but NOT_SETTINGS; {} for a run dir without
+    `.hydra/`."""
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
-    return dict(item.split("=", 1) for item in OmegaConf.load(path) if "=" in item)
+    pairs = (item.split("=", 1) for item in OmegaConf.load(path) if "=" in item)
+    return {key: value for key, value in pairs if key.lstrip("+~") not in NOT_SETTINGS}
 
 
 def read_metrics(path: Path) -> dict[str, Any] | None:
@@ -85,6 +96,8 @@ def read_run(run_dir: Path, name: str) -> Run | None:
         if "stopped" in content:  # diverged or interrupted: what it has is not a result
             interrupted = content["stopped"].get("reason") == "interrupted"
             run.status, run.error = "interrupted" if interrupted else "failed", content["stopped"]["message"]
+        elif content.get("ended", {}).get("reason") == "pruned":  # a search's pruner stopped it: a result so far
+            run.status, run.error = "pruned", content["ended"]["message"]
         else:
             run.status = "ok"
     elif (run_dir / "error.txt").is_file():
@@ -92,6 +105,11 @@ def read_run(run_dir: Path, name: str) -> Run | None:
     elif (run_dir / "metrics.json").is_file() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
         return None
     return run
+
+
+def going_on_from(run_dir: Path) -> bool:
+    """Whether `resume=<run_dir>` has a checkpoint to go on from."""
+    return any((run_dir / "checkpoints" / name).is_file() for name in GOING_ON_FROM)
 
 
 def read_runs(root: Path) -> list[Run]:

@@ -125,9 +125,15 @@ def stop_on_signals() -> Iterator[dict[int, Any]]:
 
 
 def why_it_ended(trainer: Any, epoch: int) -> dict[str, Any]:
-    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, or an early-stopping callback."""
+    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, an early-stopping callback or a
+    search's pruner (descent.trial)."""
+    from descent.trial import TrialReports
+
     stopper = trainer.early_stopping_callback
-    if stopper is not None and stopper.stopped_epoch > 0:
+    pruned = [c for c in trainer.callbacks if isinstance(c, TrialReports) and c.pruned_after is not None]
+    if pruned:
+        reason, message = "pruned", pruned[0].why()
+    elif stopper is not None and stopper.stopped_epoch > 0:
         reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
     elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
         reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"

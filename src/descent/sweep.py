@@ -59,8 +59,9 @@ def measured(runs: list[Run], key: str) -> bool:
 
 
 def figures(run: Run) -> dict[str, float]:
-    """A finished run's objective and shown figures, keyed by column ("best test/error"); {} for any other run."""
-    if run.status != "ok" or run.final is None or run.best is None:
+    """A finished (or pruned) run's objective and shown figures, keyed by column ("best test/error"); {} for any
+    other run."""
+    if run.status not in ("ok", "pruned") or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
     columns = shown(configured=results.user_metrics(run.final), curvature=True, own=results.own_measurements(run.final))
@@ -162,6 +163,8 @@ def markdown(
     failed = sum(run.status == "failed" for run in runs)
     interrupted = sum(run.status == "interrupted" for run in runs)
     stopped = f", {interrupted} interrupted (the sweep was stopped)" if interrupted else ""
+    pruned = sum(run.status == "pruned" for run in runs)
+    stopped += f", {pruned} pruned (stopped early by the search's pruner)" if pruned else ""
     lines = [
         f"# Sweep {sweep_dir.name}",
         "",
@@ -182,7 +185,7 @@ def markdown(
     for run in runs:
         shown_figures = figures(run)
         cells = [cell(t, shown_figures[c]) if shown_figures else "" for c, t in titled]
-        status = f"{run.status}: {run.error}" if run.status in ("failed", "interrupted") else run.status
+        status = f"{run.status}: {run.error}" if run.status in ("failed", "interrupted") else run.error or run.status
         lines.append(f"| `{run.name}` | {status} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -37,6 +37,7 @@ from descent.resume import GoingOn
 from descent.stepping import KeepWeightsOnLightningStop
 from descent.stopping import StoppedEarly, received, stop_on_signals, why_it_ended
 from descent.tensorboard import TensorBoardTabs, hyperparameters
+from descent.trial import trial_reports
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,17 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     tabs = TensorBoardTabs(hyperparameters(cfg, data), data, cfg.monitor, mode)
     measured = measurements(cfg)
-    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured), going_on=going_on)
+    trainer = build_trainer(cfg, run_dir, callbacks=(tabs, stopper, *measured, *trial_reports(cfg)), going_on=going_on)
     in_precision(model, trainer)
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
     if trainer.is_global_zero:
         log.info("run dir %s", run_dir)
+        if going_on is not None:
+            log.info(
+                "going on from %s: step %d, after %d evaluated epochs",
+                going_on.checkpoint, going_on.global_step, len(going_on.history),
+            )  # fmt: skip
         log_settings(trainer, cfg)
     if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
         log.info(

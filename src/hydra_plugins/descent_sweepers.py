@@ -5,8 +5,8 @@ from descent import search
 
 
 class BasicSweeper(search.BasicSweeper):
-    """Hydra's basic sweeper, ending in one line when jobs failed."""
+    """Hydra's basic sweeper, ending in one line when jobs failed, and going on where a stopped sweep stopped."""
 
 
 class OptunaSweeper(search.OptunaSweeper):
-    """Hydra's Optuna sweeper, going on past failed trials."""
+    """An Optuna search of descent's own: pruning, failed trials recorded, a stopped search going on."""

@@ -1,0 +1,234 @@
+"""The Optuna search (descent.search, descent.trial): its space, samplers, pruners and storage; a search that prunes
+and outlives a failed trial; a search killed and continued where it stopped."""
+
+import csv
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import compose_config, free_port, options, refusal, rendered, run, serving, start, wait_for
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from descent.multirun import LONGEST_NAME, job_dir_name, sweep_going_on
+from descent.search import build_pruner, build_sampler, distribution, grid, hydra_literal, search_space, storage_of
+
+TINY = ("data=synthetic", "data.num_train=1200", "data.num_test=300", "data.val_size=200", "data.noise=6")
+"""A data set a trial trains on in a second."""
+
+
+def parsed(override: str):  # type: ignore[no-untyped-def]
+    (result,) = OverridesParser.create().parse_overrides([override])
+    return result
+
+
+def test_hydras_optuna_syntax_becomes_optunas_distributions() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    assert distribution(parsed("lr=tag(log, interval(0.005, 0.5))")) == FloatDistribution(0.005, 0.5, log=True)
+    assert distribution(parsed("wd=interval(0.0, 0.1)")) == FloatDistribution(0.0, 0.1)
+    assert distribution(parsed("width=int(interval(16, 256))")) == IntDistribution(16, 256)  # an interval is float
+    assert distribution(parsed("width=tag(log, int(interval(16, 256)))")) == IntDistribution(16, 256, log=True)
+    assert distribution(parsed("batch_size=choice(32, 64)")) == CategoricalDistribution([32, 64])
+    assert distribution(parsed("act=choice(relu, tanh)")) == CategoricalDistribution(["relu", "tanh"])
+    assert distribution(parsed("depth=range(1, 5)")) == IntDistribution(1, 4)  # stop excluded, as Python's
+    assert distribution(parsed("depth=range(2, 9, 3)")) == IntDistribution(2, 8, step=3)
+    assert distribution(parsed("p=range(0.0, 0.5, 0.25)")) == FloatDistribution(0.0, 0.25, step=0.25)
+    assert distribution(parsed("seed=3")) == "3"  # a fixed value
+    space, fixed = search_space(["batch_size=choice(32, 64)", "seed=3", "batch_size=64"])
+    assert (space, fixed) == ({}, {"seed": "3", "batch_size": "64"})  # the command line's wins over params
+    assert grid(search_space(["b=choice(32, 64)", "depth=range(1, 4)"])[0]) == {"b": [32, 64], "depth": [1, 2, 3]}
+    with pytest.raises(Exception, match="the grid sampler takes choice"):
+        grid(search_space(["lr=interval(0.1, 1.0)"])[0])
+
+
+@pytest.mark.parametrize("sampler", options("hydra/sweeper/sampler"))
+def test_every_sampler_composes_and_instantiates(sampler: str) -> None:
+    hydra = compose_config("train", "hparams_search=optuna", f"hydra/sweeper/sampler={sampler}", "seed=4",
+                           return_hydra_config=True).hydra  # fmt: skip
+    space, _ = search_space(["batch_size=choice(32, 64)", "depth=range(1, 3)"])
+    built = build_sampler(hydra.sweeper.sampler, space)
+    assert isinstance(built, optuna.samplers.BaseSampler)
+    assert type(built).__name__ == hydra.sweeper.sampler._target_.rsplit(".", 1)[-1]
+    study = optuna.create_study(sampler=built)  # it draws from the space
+    trial = study.ask(space)
+    assert trial.params["batch_size"] in (32, 64) and trial.params["depth"] in (1, 2)
+    continued = build_sampler(hydra.sweeper.sampler, space, trials_so_far=5)
+    assert getattr(continued, "_rng", None) is None or continued._rng.rng.bytes(8) != built._rng.rng.bytes(8)
+
+
+@pytest.mark.parametrize("pruner", options("hydra/sweeper/pruner"))
+def test_every_pruner_composes_and_instantiates(pruner: str) -> None:
+    hydra = compose_config("train", "hparams_search=optuna", f"hydra/sweeper/pruner={pruner}", "max_epochs=9",
+                           return_hydra_config=True).hydra  # fmt: skip
+    built = build_pruner(hydra.sweeper.pruner)
+    expected = "NopPruner" if pruner == "none" else hydra.sweeper.pruner._target_.rsplit(".", 1)[-1]
+    assert type(built).__name__ == expected
+    if pruner == "hyperband":
+        assert built._max_resource == 9  # the run's length
+    # What each trial's job gets in its `trial` key reads back as the same settings.
+    settings = OmegaConf.to_container(hydra.sweeper.pruner, resolve=True)
+    (override,) = OverridesParser.create().parse_overrides([f"trial={hydra_literal({'pruner': settings})}"])
+    assert override.value() == {"pruner": settings}
+
+
+def test_the_storage_is_a_file_of_the_sweep_dir_or_a_url(tmp_path: Path) -> None:
+    assert storage_of("sqlite", tmp_path) == f"sqlite:///{tmp_path}/optuna.db"
+    assert storage_of("journal", tmp_path) == f"{tmp_path}/optuna.journal"
+    assert storage_of("postgresql://host/db", tmp_path) == "postgresql://host/db"
+    message = refusal(lambda: storage_of("memory", tmp_path))
+    assert message.startswith("hydra.sweeper.storage=memory: give sqlite (a file in the sweep dir), journal")
+
+
+def test_resume_of_a_sweep_dir_is_the_sweeps_own_command_and_refuses_other_settings(tmp_path: Path) -> None:
+    own = ["hydra.mode=MULTIRUN", "hydra.sweep.dir=elsewhere", "hydra.verbose=true"]
+    hydra = {"overrides": {"task": ["optimizer=sgd,momentum", "seed=0,1"], "hydra": own}}
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), tmp_path / "multirun.yaml")
+    again = sweep_going_on([f"resume={tmp_path}", "hydra/launcher=slurm"])
+    assert again == ["-m", "optimizer=sgd,momentum", "seed=0,1", "hydra.verbose=true", f"hydra.sweep.dir={tmp_path}",
+                     "hydra/launcher=slurm"]  # fmt: skip
+    assert sweep_going_on([f"resume={tmp_path / 'nothing'}"]) is None  # a run dir's resume= is train.py's own
+    message = refusal(lambda: sweep_going_on([f"resume={tmp_path}", "max_epochs=9"]))
+    assert message == (
+        f"resume={tmp_path}: a sweep goes on with its own settings, so max_epochs=9 cannot be given; start a new "
+        "sweep for other settings"
+    )
+
+
+def test_a_job_dir_name_too_long_for_a_file_system_is_cut_and_stays_unique() -> None:
+    long = "+".join(f"key_{i}:{'x' * 20}" for i in range(20))
+    name, other = job_dir_name(long), job_dir_name(long + "y")
+    assert len(name) == LONGEST_NAME and name.startswith(long[:150]) and name != other
+    assert job_dir_name("batch_size:32+model.net.hidden:[64,32]") == "batch_size:32+model.net.hidden:64-32"
+
+
+def read_summary_runs(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    with open(sweep_dir / "summary.csv", newline="") as file:
+        return {row["run"]: row for row in csv.DictReader(file) if row["row"] == "run"}
+
+
+def trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="descent", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
+
+
+@pytest.mark.slow
+def test_a_search_prunes_bad_trials_and_outlives_a_failed_one(tmp_path: Path) -> None:
+    """Six trials of three learning rates: 1e6 diverges (FAIL), 1e-4 learns too slowly and is pruned after its
+    first epoch against the median of the others, 0.1 completes. Each state is the study's, the summary's and the
+    run dir's alike."""
+    done = run(
+        "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "optimizer.lr=choice(1000000.0,0.1,0.0001)", *TINY,
+        "max_epochs=3", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    study = trials(tmp_path)
+    rows = read_summary_runs(tmp_path)
+    assert len(study) == len(rows) == 6
+    states = {trial.number: trial.state.name for trial in study}
+    assert {"COMPLETE", "PRUNED", "FAIL"} <= set(states.values()), states
+    for trial in study:
+        row, run_dir = rows[f"trial:{trial.number}"], tmp_path / f"trial:{trial.number}"
+        lr = row["optimizer.lr"]
+        assert float(lr) == trial.params["optimizer.lr"]
+        status = {"COMPLETE": "ok", "PRUNED": "pruned", "FAIL": "failed"}[trial.state.name]
+        assert row["status"] == status, (lr, row["status"])
+        if status == "failed":
+            assert lr == "1000000.0" and "training diverged" in row["error"]
+            continue
+        result = json.loads((run_dir / "metrics.json").read_text())
+        epochs = [row["epoch"] for row in result["history"]]
+        assert trial.intermediate_values == {k: r["val/error"] for k, r in zip(epochs, result["history"], strict=True)}
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+        if status == "pruned":  # stopped after an epoch, its figures so far kept, marked pruned
+            assert epochs == [1] and result["ended"]["reason"] == "pruned"
+            assert result["ended"]["message"] == (
+                f"pruned after epoch 1: MedianPruner stopped trial {trial.number} of study descent"
+            )
+            assert row["error"] == result["ended"]["message"] and float(row["best val/error"]) == trial.value
+        else:
+            assert epochs == [1, 2, 3] and trial.value == result["best"]["val/error"] == float(row["best val/error"])
+            config = (run_dir / "config.yaml").read_text()
+            width = row["hidden_width"]  # the searched width reaches the network
+            assert f"    hidden:\n    - {width}\n    - {width}\n" in config
+    (note,) = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    assert note.startswith(f"note: {list(states.values()).count('FAIL')} of 6 trials failed")
+    summary = (tmp_path / "summary.md").read_text()
+    assert f", {list(states.values()).count('PRUNED')} pruned (stopped early by the search's pruner)" in summary
+    results = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    best = min(trial.value for trial in study if trial.state.name == "COMPLETE")
+    assert results.best_value == best and results.best_params["optimizer.lr"] == 0.1
+    assert results.trials == {state.lower(): list(states.values()).count(state) for state in set(states.values())}
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_goes_on_from_its_study_and_the_trials_checkpoint(tmp_path: Path) -> None:
+    """kill -9 of the search's process (and so of the trial it ran) in trial 1's second epoch; then
+    `resume=<sweep dir>`: trial 0 is read back as it was, trial 1 goes on from its last.ckpt, and the search ends
+    with n_trials trials."""
+    sweep = (
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=choice(0.05,0.1)",
+        "data=synthetic", "data.num_train=6000", "data.num_test=300", "data.val_size=200", "data.noise=6",
+        "model.net.hidden=[64]", "max_epochs=3", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    process = start(*sweep)
+    wait_for(tmp_path / "trial:1" / "checkpoints" / "last.ckpt", process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    first = (tmp_path / "trial:0" / "metrics.json").read_text()
+    stopped = {trial.number: (trial.state.name, trial.intermediate_values) for trial in trials(tmp_path)}
+    assert stopped[0][0] == "COMPLETE" and stopped[1][0] == "RUNNING" and 1 in stopped[1][1]
+
+    done = run("src/train.py", f"resume={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path}: 0 of these 1 jobs finished before (read back, not run again), 1 go on from a checkpoint" in (
+        done.stdout
+    )
+    study = trials(tmp_path)
+    assert [trial.number for trial in study] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in study)
+    assert (tmp_path / "trial:0" / "metrics.json").read_text() == first  # a finished trial is not run again
+    assert {k: str(v) for k, v in study[1].params.items()} == ran_with(tmp_path, 1)  # its own values, as before
+    history = json.loads((tmp_path / "trial:1" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0]["val/error"] == stopped[1][1][1]  # epoch 1 as it was before the kill, from the checkpoint
+    going_on = f"going on from {tmp_path}/trial:1/checkpoints/last.ckpt: step "
+    assert going_on in (tmp_path / "trial:1" / "train.log").read_text()
+    assert len(read_summary_runs(tmp_path)) == 3
+
+
+def ran_with(sweep_dir: Path, number: int) -> dict[str, str]:
+    """The searched values a trial's job ran with, from its .hydra/overrides.yaml."""
+    saved = OmegaConf.load(sweep_dir / f"trial:{number}" / ".hydra" / "overrides.yaml")
+    searched = ("optimizer.lr", "batch_size", "optimizer.weight_decay", "hidden_width")
+    return dict(pair for pair in (item.split("=", 1) for item in saved) if pair[0] in searched)
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_shows_a_searchs_trials_and_their_intermediate_values(tmp_path: Path) -> None:
+    """`optuna-dashboard` (the optuna extra) on a study stored as a search stores it, rendered by headless Chromium:
+    each trial, its parameters and the intermediate values chart."""
+    storage = storage_of("sqlite", tmp_path)
+    study = optuna.create_study(study_name="descent", storage=storage)
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(0.005, 0.5, log=True)}
+    for number, curve in enumerate(([0.4, 0.3, 0.2], [0.6])):
+        trial = study.ask(space)
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, step=epoch)
+        study.tell(
+            trial, curve[-1] if len(curve) == 3 else None, state=None if number == 0 else optuna.trial.TrialState.PRUNED
+        )
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    with serving([str(dashboard), storage, "--host", "127.0.0.1", "--port", str(port)],
+                 f"http://127.0.0.1:{port}/api/studies"):  # fmt: skip
+        page = rendered(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path / "chromium")
+        trials_page = rendered(f"http://127.0.0.1:{port}/dashboard/studies/1/trials", tmp_path / "chromium")
+    assert "descent" in page and "trial #0" in page and "trial #1" in page
+    assert "Intermediate values" in page  # the per-epoch curves' chart
+    lr = study.trials[0].params["optimizer.lr"]
+    assert f"optimizer.lr {lr}" in trials_page and "Pruned" in trials_page
