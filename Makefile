@@ -11,6 +11,7 @@ $(PY):
 install: $(PY) ## create .venv and install descent with its dev, optuna, slurm, mlflow and wandb extras
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,optuna,slurm,mlflow,wandb]'
+	$(PY) -m pip check
 
 # Offline, Fashion-MNIST comes from Debian's package; online, torchvision downloads it at the first run.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -55,6 +56,9 @@ bench: ## epoch speed against a plain PyTorch loop and the torchvision pipeline
 bench-gd: ## one GD epoch by chunk size against a plain full-batch step: time and peak memory
 	$(PY) bench/gd_chunks.py
 
+bench-search: ## a 30-trial search with and without pruning on a Fashion-MNIST subset (docs/runs.md's table)
+	$(PY) bench/search_pruning.py
+
 bench-imagenet: ## full-size synthetic Imagenet32 (3.9 GB, made once): data path vs training step, peak RSS
 	$(PY) bench/imagenet_data.py
 
@@ -62,4 +66,4 @@ tensorboard: ## serve logs/ with TensorBoard
 	$(VENV)/bin/tensorboard --logdir logs
 
 
-.PHONY: help install data train test test-fast lint report study bench bench-gd bench-imagenet tensorboard
+.PHONY: help install data train test test-fast lint report study bench bench-gd bench-search bench-imagenet tensorboard

@@ -68,14 +68,16 @@ def main() -> None:
             states = [trial.state.name.lower() for trial in study.trials]
             curves[pruner] = progress(sweep_dir)
             epochs, best = curves[pruner][-1]
-            rows.append((pruner, len(states), states.count("complete"), states.count("pruned"), epochs, seconds, best))
+            counts = [states.count(state) for state in ("complete", "pruned", "fail")]
+            rows.append((pruner, len(states), *counts, epochs, seconds, best))
     print(f"Fashion-MNIST, {args.train_size} training samples, {args.trials} trials of at most {args.epochs} epochs, "
           "TPE seed 0, conf/hparams_search/optuna.yaml's space")  # fmt: skip
-    print("| pruner | trials | complete | pruned | training epochs | wall time | best val error |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for pruner, trials, complete, pruned, epochs, seconds, best in rows:
-        print(f"| {pruner} | {trials} | {complete} | {pruned} | {epochs} | {seconds:.0f} s | {100 * best:.2f}% |")
-    (_, _, _, _, epochs_none, seconds_none, _), (_, _, _, _, epochs_pruned, seconds_pruned, _) = rows
+    print("| pruner | trials | complete | pruned | failed (diverged) | training epochs | wall time | best val error |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for pruner, trials, complete, pruned, failed, epochs, seconds, best in rows:
+        counts = f"{trials} | {complete} | {pruned} | {failed} | {epochs}"
+        print(f"| {pruner} | {counts} | {seconds:.0f} s | {100 * best:.2f}% |")
+    (*_, epochs_none, seconds_none, _), (*_, epochs_pruned, seconds_pruned, _) = rows
     print(f"pruned / unpruned: epochs {epochs_pruned / epochs_none:.2f}, wall time {seconds_pruned / seconds_none:.2f}")
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()

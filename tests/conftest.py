@@ -55,7 +55,10 @@ def ddp_runs(idx_dir: Path, imagenet32_dir: Path, tmp_path_factory: pytest.TempP
     from ddp_runs import DDP_RUNS
 
     def make(out: Path) -> None:
+        import optuna
+
         runs = {name: ddp_overrides(name, out, imagenet32_dir) for name in DDP_RUNS}
+        optuna.create_study(study_name="descent", storage=f"sqlite:///{out}/optuna.db").ask()  # pruned_trial's
         spec = out / "spec.json"
         spec.write_text(json.dumps({"runs": runs, "idx_dir": str(idx_dir), "out": str(out)}))
         torchrun = Path(sys.executable).parent / "torchrun"

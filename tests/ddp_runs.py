@@ -71,6 +71,13 @@ DDP_RUNS: dict[str, list[str]] = {
         "batch_size=64",
         "logger=none",
     ],
+    # test_search: a search's trial on 2 ranks, pruned at its first epoch (the study is made by the fixture).
+    "pruned_trial": [
+        "max_epochs=3",
+        "logger=none",
+        "trial={{number:0,id:1,study_name:descent,storage:'sqlite:///{out}/optuna.db',"
+        "pruner:{{_target_:optuna.pruners.ThresholdPruner,upper:0.0}}}}",
+    ],
 }
 """Each run's overrides, as a test gives them to `make_cfg` for its one-process run ({out}, {imagenet32_dir}: the
 fixture's dirs)."""

@@ -15,7 +15,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from descent.multirun import LONGEST_NAME, job_dir_name, sweep_going_on
-from descent.search import build_pruner, build_sampler, distribution, grid, hydra_literal, search_space, storage_of
+from descent.search import (
+    build_pruner,
+    build_sampler,
+    distribution,
+    grid,
+    hydra_literal,
+    open_storage,
+    search_space,
+    storage_of,
+)
 
 TINY = ("data=synthetic", "data.num_train=1200", "data.num_test=300", "data.val_size=200", "data.noise=6")
 """A data set a trial trains on in a second."""
@@ -112,16 +121,19 @@ def read_summary_runs(sweep_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="descent", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
+    """The trials of the study in the sweep dir, whichever storage holds it."""
+    storage = "journal" if (sweep_dir / "optuna.journal").is_file() else "sqlite"
+    return optuna.load_study(study_name="descent", storage=open_storage(storage_of(storage, sweep_dir))).trials
 
 
 @pytest.mark.slow
 def test_a_search_prunes_bad_trials_and_outlives_a_failed_one(tmp_path: Path) -> None:
-    """Six trials of three learning rates: 1e6 diverges (FAIL), 1e-4 learns too slowly and is pruned after its
-    first epoch against the median of the others, 0.1 completes. Each state is the study's, the summary's and the
-    run dir's alike."""
+    """Six trials of three learning rates, two at a time: 1e6 diverges (FAIL), 1e-4 learns too slowly and is pruned
+    after its first epoch against the median of the others, 0.1 completes. Each state is the study's, the
+    summary's and the run dir's alike."""
     done = run(
-        "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra/sweeper/pruner=median",
+        "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+        "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1", "optimizer.lr=choice(1000000.0,0.1,0.0001)", *TINY,
         "max_epochs=3", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
@@ -170,9 +182,10 @@ def test_a_search_prunes_bad_trials_and_outlives_a_failed_one(tmp_path: Path) ->
 def test_a_search_killed_mid_trial_goes_on_from_its_study_and_the_trials_checkpoint(tmp_path: Path) -> None:
     """kill -9 of the search's process (and so of the trial it ran) in trial 1's second epoch; then
     `resume=<sweep dir>`: trial 0 is read back as it was, trial 1 goes on from its last.ckpt, and the search ends
-    with n_trials trials."""
+    with n_trials trials. The study in Optuna's journal file, as on a network file system."""
     sweep = (
-        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "optimizer.lr=choice(0.05,0.1)",
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.storage=journal",
+        "optimizer.lr=choice(0.05,0.1)",
         "data=synthetic", "data.num_train=6000", "data.num_test=300", "data.val_size=200", "data.noise=6",
         "model.net.hidden=[64]", "max_epochs=3", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip
@@ -232,3 +245,15 @@ def test_optuna_dashboard_shows_a_searchs_trials_and_their_intermediate_values(t
     assert "Intermediate values" in page  # the per-epoch curves' chart
     lr = study.trials[0].params["optimizer.lr"]
     assert f"optimizer.lr {lr}" in trials_page and "Pruned" in trials_page
+
+
+@pytest.mark.slow
+def test_a_trial_on_two_ranks_reports_once_and_both_stop_when_pruned(ddp_runs: dict[str, Path]) -> None:
+    """Rank 0 reports and asks the pruner (a threshold every error exceeds); both ranks stop after epoch 1 (a rank
+    that went on would wait for the other forever, and torchrun fail)."""
+    run_dir = ddp_runs["pruned_trial"]
+    result = json.loads((run_dir / "metrics.json").read_text())
+    assert [row["epoch"] for row in result["history"]] == [1]
+    assert result["ended"]["message"] == "pruned after epoch 1: ThresholdPruner stopped trial 0 of study descent"
+    (trial,) = optuna.load_study(study_name="descent", storage=f"sqlite:///{run_dir.parent}/optuna.db").trials
+    assert trial.intermediate_values == {1: result["history"][0]["val/error"]}  # one report, of the whole set
