@@ -115,6 +115,19 @@ def test_a_job_dir_name_too_long_for_a_file_system_is_cut_and_stays_unique() -> 
     assert job_dir_name("batch_size:32+model.net.hidden:[64,32]") == "batch_size:32+model.net.hidden:64-32"
 
 
+def test_a_stopped_runs_error_crosses_processes_whole() -> None:
+    """A job of SLURM's launcher returns its error pickled to the sweep: a diverged or interrupted run's must load
+    there as what it was (it failed to, ending the whole sweep)."""
+    import pickle
+
+    from descent.stopping import Diverged, Interrupted
+
+    for error in (Diverged(2, 7, "training diverged"), Interrupted(1, 3, "SIGTERM before step 3", "SIGTERM")):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), again.epoch, again.step, str(again)) == (type(error), error.epoch, error.step, str(error))
+        assert again.exit_code == error.exit_code
+
+
 def read_summary_runs(sweep_dir: Path) -> dict[str, dict[str, str]]:
     with open(sweep_dir / "summary.csv", newline="") as file:
         return {row["run"]: row for row in csv.DictReader(file) if row["row"] == "run"}
@@ -128,12 +141,13 @@ def trials(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_a_search_prunes_bad_trials_and_outlives_a_failed_one(tmp_path: Path) -> None:
-    """Six trials of three learning rates, two at a time: 1e6 diverges (FAIL), 1e-4 learns too slowly and is pruned
-    after its first epoch against the median of the others, 0.1 completes. Each state is the study's, the
-    summary's and the run dir's alike."""
+    """Six trials of three learning rates, two at a time in processes of their own (submitit's local launcher, the
+    SLURM launcher's sibling): 1e6 diverges (FAIL), 1e-4 learns too slowly and is pruned after its first epoch
+    against the median of the others, 0.1 completes. Each state is the study's, the summary's and the run dir's
+    alike."""
     done = run(
         "src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
-        "hydra/sweeper/pruner=median",
+        "hydra/launcher=submitit_local", "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1", "optimizer.lr=choice(1000000.0,0.1,0.0001)", *TINY,
         "max_epochs=3", "trainer=cpu", "logger=none", f"hydra.sweep.dir={tmp_path}",
     )  # fmt: skip

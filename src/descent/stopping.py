@@ -34,6 +34,11 @@ class StoppedEarly(DescentError):
         super().__init__(message)
         self.epoch, self.step = epoch, step
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its own arguments: a sweep job on another process or node (SLURM's launcher) returns its
+        error pickled, and Exception's default would call __init__ with the message alone."""
+        return type(self), (self.epoch, self.step, str(self))
+
 
 class Diverged(StoppedEarly):
     """The loss became NaN or infinite."""
@@ -58,7 +63,10 @@ class Interrupted(StoppedEarly):
 
     def __init__(self, epoch: int, step: int, message: str, signal_name: str) -> None:
         super().__init__(epoch, step, message)
-        self.exit_code = exit_code(signal_name)
+        self.signal_name, self.exit_code = signal_name, exit_code(signal_name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.epoch, self.step, str(self), self.signal_name)
 
 
 def stop_before_training() -> None:
