@@ -17,7 +17,12 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
   cnn   at B=512, a with the LeNet CNN (model=cnn), and cnn_aug the same with data.augment={crop_padding: 2,
         flip: true}: what the crops and flips cost
   curv  one sharpness measurement (curvature.enabled=true, 20 Lanczos steps: 20 Hessian-vector products over the
-        training set) at a_on's weights
+        training set) at a_on's weights, once per B (after the warm-up round): it is as long as several epochs
+  a_64, a_16, b_64, b_16  at B=64, a and b with the small MLPs 784-64-10 and 784-16-10, whose steps are cheap:
+        where descent's fixed cost per step weighs most (on a GPU, every small network's step is that cheap).
+        `extra`: (a - b) / steps, descent's extra milliseconds per step, for each network
+  l_64, l_16  the plain loop's step in a bare LightningModule (manual optimization, batches sliced beforehand, no
+        checkpoints or bar): l - b is Lightning's own per-batch cost, a - l descent's
   noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
         weights after each of its epochs, against an epoch of a
   fwd   one forward pass of the same network over the train, val and test sets (the most the evaluation should
@@ -33,7 +38,7 @@ others is reported. Each ratio is printed twice: of the medians, and the median 
 (`paired`: b and a, a and a_on run back to back; c runs next to a_on, within seconds of a). The targets are judged
 on `paired`: on this shared virtual machine the speed drifts by a tenth or more from one minute to the next, which
 the ratio within a round cancels.
-Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 6] [--skip-torchvision]`.
+Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 4] [--skip-torchvision]`.
 """
 
 import argparse
@@ -164,8 +169,11 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
     trainer.callbacks.append(timer)
 
     noise = GradientNoise(batch_size=64, samples=16)
+    calls = 0
 
     def epoch() -> dict[str, float]:
+        nonlocal calls
+        calls += 1
         train_s_before = model.history[-1][TRAIN_S] if model.history else 0.0
         fit_one_more_epoch(trainer, model, datamodule=data)
         train_s = model.history[-1][TRAIN_S] - train_s_before
@@ -173,12 +181,14 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
         with evaluating(model):  # as descent.measurement.EpochMeasurement runs each measurement
             noise.measure(trainer, model)  # what noise.enabled=true adds to each epoch, at these weights
         noise_s = time.perf_counter() - start
-        start = time.perf_counter()
-        with evaluating(model):  # what curvature.enabled=true adds, the same way
-            top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)
-        return {
+        curv: dict[str, float] = {}
+        if calls == 2:  # once, after the warm-up: 20 Hessian-vector products cost about a minute at every B
+            start = time.perf_counter()
+            with evaluating(model):  # what curvature.enabled=true adds, the same way
+                top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)
+            curv["curv"] = time.perf_counter() - start
+        return curv | {
             "noise": noise_s,
-            "curv": time.perf_counter() - start,
             "a_on": timer.seconds[-1],
             "a_on train": train_s,
             "a_on validation": timer.validation_seconds[-1],
@@ -233,7 +243,7 @@ def plain_model(cfg: DictConfig, x: Tensor, y: Tensor) -> nn.Sequential:
     return MLP(tuple(x.shape[1:]), int(y.max()) + 1, list(net.hidden), net.activation, net.dropout)
 
 
-def plain_loop_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int) -> Epoch:
+def plain_loop_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int, name: str = "b") -> Epoch:
     """b: randperm, slice, forward, backward, step; with B = N one full-batch step on the tensors as they are.
 
     SGD with the composed config's learning rate (0.05 for optimizer=sgd, 0.5 for gd), as descent steps.
@@ -256,7 +266,7 @@ def plain_loop_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int) ->
             for first in range(0, len(y), batch_size):
                 index = order[first : first + batch_size]
                 step(x[index], y[index])
-        return {"b": time.perf_counter() - start}
+        return {name: time.perf_counter() - start}
 
     return epoch
 
@@ -274,6 +284,59 @@ class TemplateClassifier(lightning.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class PlainLightningStep(lightning.LightningModule):
+    """l: the plain loop's step (forward, backward, SGD step) as the least a LightningModule under manual
+    optimization can do, fed batches sliced beforehand: l - b is Lightning's own cost per batch, a - l descent's."""
+
+    def __init__(self, net: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.net, self.lr, self.automatic_optimization = net, lr, False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class SlicedBatches:
+    """An epoch's batches of B samples in a fresh random order, sliced as the plain loop slices them."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        order = torch.randperm(len(self.y))
+        for first in range(0, len(self.y), self.batch_size):
+            index = order[first : first + self.batch_size]
+            yield self.x[index], self.y[index]
+
+
+def plain_lightning_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int, name: str = "l") -> Epoch:
+    """l: `PlainLightningStep` under the bench's trainer settings (no checkpoints, no logger, no bar)."""
+    model = PlainLightningStep(plain_model(cfg, x, y), cfg.optimizer.lr)
+    timer = EpochSeconds()
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+        limit_val_batches=0, gradient_clip_val=None, gradient_clip_algorithm=None, enable_model_summary=False,
+    )  # fmt: skip
+    batches = SlicedBatches(x, y, batch_size)
+
+    def epoch() -> dict[str, float]:
+        fit_one_more_epoch(trainer, model, train_dataloaders=batches)
+        return {name: timer.seconds[-1]}
+
+    return epoch
 
 
 def as_uint8_images(x: Tensor) -> Tensor:
@@ -376,6 +439,12 @@ def measure_batch_size(
     ]
     if with_torchvision:
         variants.append(torchvision_pipeline_epochs(cfg_off, shared, scratch, steps_of))
+    if batch_size == 64:  # small networks, where a step is cheap and the per-step cost weighs most
+        for width in TINY_WIDTHS:
+            cfg = compose_config(64, data_name, scratch, f"mlp{width}", f"model.net.hidden=[{width}]")
+            variants.append(plain_loop_epochs(cfg, images.normalised(), y, steps_of, name=f"b_{width}"))
+            variants.append(plain_lightning_epochs(cfg, images.normalised(), y, steps_of, name=f"l_{width}"))
+            variants.append(descent_epochs_without_evaluation(cfg, shared, name=f"a_{width}"))
     if batch_size == 512:  # the augmentation's cost, on the network it is for; the two run back to back
         cnn = ("model=cnn",)
         augmented = (*cnn, "data.augment={crop_padding:2,flip:true}")
@@ -390,6 +459,14 @@ def measure_batch_size(
     started = time.perf_counter()
     timings = interleaved_epoch_seconds(variants, epochs)
     timings["a_on - a"] = [on - off for on, off in zip(timings["a_on"], timings["a"], strict=True)]
+    steps = -(-len(y) // steps_of)  # ceil(N / B)
+    for net in ("", *(f"_{width}" for width in TINY_WIDTHS)) if batch_size == 64 else ():
+        per_step = [1000 * (a - b) / steps for a, b in zip(timings[f"a{net}"], timings[f"b{net}"], strict=True)]
+        timings[f"extra{net}"] = per_step
+        if f"l{net}" in timings:  # the extra split: Lightning's loop (l - b) and descent's own (a - l)
+            for part, (top, bottom) in {"lightning": ("l", "b"), "descent": ("a", "l")}.items():
+                pairs = zip(timings[f"{top}{net}"], timings[f"{bottom}{net}"], strict=True)
+                timings[f"extra{net} {part}"] = [1000 * (t - u) / steps for t, u in pairs]
     print(f"  B={batch_size}: {time.perf_counter() - started:.0f} s", flush=True)
     return timings
 
@@ -406,6 +483,12 @@ ROWS = {
     "fwd": "fwd   forward pass over train+val+test",
     "noise": "noise gradient noise, one measurement",
     "curv": "curv  sharpness, one measurement (20 Lanczos steps)",
+    "a_64": "a_64  descent, MLP 784-64-10, evaluation off",
+    "b_64": "b_64  plain loop, MLP 784-64-10",
+    "l_64": "l_64  the plain step in a LightningModule, 784-64-10",
+    "a_16": "a_16  descent, MLP 784-16-10, evaluation off",
+    "b_16": "b_16  plain loop, MLP 784-16-10",
+    "l_16": "l_16  the plain step in a LightningModule, 784-16-10",
     "cnn": "cnn   LeNet CNN, evaluation off",
     "cnn_aug": "cnn_aug the same, crops and flips on",
 }
@@ -415,7 +498,9 @@ Target = tuple[str, float]
 
 RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
     # title, numerator, denominator, target (one for every B, or by B)
-    ("a/b", "a", "b", {64: ("<=", 1.20), 512: ("<=", 1.05), "full": ("<=", 1.05)}),
+    ("a/b", "a", "b", {64: ("<=", 1.10), 512: ("<=", 1.05), "full": ("<=", 1.05)}),
+    ("a_64/b_64 (MLP 784-64-10)", "a_64", "b_64", None),
+    ("a_16/b_16 (MLP 784-16-10)", "a_16", "b_16", ("<=", 1.5)),
     ("a_bar/a (the progress bar's cost)", "a_bar", "a", None),
     ("a_on/b", "a_on", "b", None),
     # The evaluation should add at most a forward pass, measured against the evaluation-off run (which writes
@@ -430,6 +515,22 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
     ("c data/a", "c data", "a", None),
     ("augmentation (cnn_aug/cnn)", "cnn_aug", "cnn", ("<=", 1.10)),
 ]
+
+
+TINY_WIDTHS = (64, 16)
+"""The small MLPs timed at B=64 beside the default one: 784-64-10 and 784-16-10."""
+
+EXTRA_ROWS = {
+    "extra": "MLP 784-512-512-10",
+    "extra_64": "MLP 784-64-10",
+    "extra_64 lightning": "  of which Lightning's loop (l - b)",
+    "extra_64 descent": "  of which descent's own (a - l)",
+    "extra_16": "MLP 784-16-10",
+    "extra_16 lightning": "  of which Lightning's loop (l - b)",
+    "extra_16 descent": "  of which descent's own (a - l)",
+}
+EXTRA_TARGET_MS = 0.25
+"""descent's extra per step at B=64 (issue 31's goal)."""
 
 
 def print_report(results: dict[int | str, dict[str, list[float]]], header: str) -> None:
@@ -452,7 +553,12 @@ def print_report(results: dict[int | str, dict[str, list[float]]], header: str) 
                 continue
             top, bottom = timings[numerator], timings[denominator]
             of_medians = statistics.median(top) / statistics.median(bottom)
-            paired = statistics.median(x / y for x, y in zip(top, bottom, strict=True))
+            # A measurement taken once (curv) has no rounds to pair: its ratio is of the medians.
+            paired = (
+                statistics.median(x / y for x, y in zip(top, bottom, strict=True))
+                if len(top) == len(bottom)
+                else of_medians
+            )
             target = rule.get(b) if isinstance(rule, dict) else rule
             line = f"{name + ' ' + titles[b]:46}{of_medians:>10.3f}{paired:>10.3f}"
             if target is not None:
@@ -460,6 +566,15 @@ def print_report(results: dict[int | str, dict[str, list[float]]], header: str) 
                 met = paired <= bound if relation == "<=" else paired >= bound
                 line += f"{relation + ' ' + str(bound):>10}{'yes' if met else 'NO':>6}"
             print(line)
+    print(f"\n{'descent extra per step, (a - b) / steps (ms)':46}{'median':>10}{'':>10}{'target':>10}{'met':>6}")
+    for b, timings in results.items():
+        for key, network in EXTRA_ROWS.items():
+            if key in timings:
+                median = statistics.median(timings[key])
+                line = f"{network + ' ' + titles[b]:46}{median:>10.3f}{'':>10}"
+                if " " not in key:
+                    line += f"{'<= ' + str(EXTRA_TARGET_MS):>10}{'yes' if median <= EXTRA_TARGET_MS else 'NO':>6}"
+                print(line)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {peak_mib:.0f} MiB; load average (1 min) at the end {os.getloadavg()[0]:.2f}")
 
@@ -475,7 +590,7 @@ def parse_batch_size(text: str) -> int | str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--epochs", type=int, default=6, help="timed epochs after one warm-up (default 6)")
+    parser.add_argument("--epochs", type=int, default=4, help="timed epochs after one warm-up (default 4)")
     parser.add_argument(
         "--batch-sizes",
         nargs="+",

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from descent import monitor
-from descent.data.steps import Chunks, Images, Index, Plan, Steps, set_chunks
+from descent.data.steps import Chunks, Images, Index, Plan, Steps, rows, set_chunks
 from descent.errors import is_whole, require
 
 if TYPE_CHECKING:
@@ -54,8 +54,10 @@ class Tensors:
     def normalised(self, index: Index = slice(None)) -> Tensor:
         """Float32 images at `index` (the whole set by default), normalised: what a chunk of this set holds, and the
         one way to get a set's float images."""
-        # Always a copy, even of float32 samples: the stored set is never changed.
-        return self.x[index].to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
+        # Always a copy, even of float32 samples (a gather copies already): the stored set is never changed.
+        part = rows(self.x, index)
+        part = part.to(torch.float32, copy=isinstance(index, slice))
+        return part.sub_(self.mean).div_(self.std)
 
     def read(self, indices: Iterable[Index]) -> Iterator[Tensor]:
         return (self.normalised(index) for index in indices)

@@ -21,6 +21,13 @@ Index = Tensor | slice
 """Samples of a set: positions (a permutation's part) or a contiguous range (sets read in order)."""
 
 
+def rows(x: Tensor, index: Index) -> Tensor:
+    """x's rows at `index`: a view of a range, a copy of positions. `index_select`, not `x[index]`: the same values,
+    in a fraction of the time for a minibatch's rows (advanced indexing's general machinery is most of a cheap
+    step's gather)."""
+    return x[index] if isinstance(index, slice) else torch.index_select(x, 0, index)
+
+
 class Images(Protocol):
     """What a set too big for memory implements: its length, a subset, and the images at each index of a plan."""
 
@@ -217,7 +224,7 @@ class Steps:
     def chunk(self, x: Tensor, index: Index, divisor: float) -> Chunk:
         if self.draws is not None and self.augment is not None:
             x = self.augment(x, self.draws[index])
-        return self.convert(Chunk(x, self.labels[index], divisor))
+        return self.convert(Chunk(x, rows(self.labels, index), divisor))
 
     def __iter__(self) -> Iterator[Step]:
         # A generator: the epoch's order is drawn at the first step, by when a resumed run knows its epoch.
@@ -249,7 +256,7 @@ class Chunks:
         parts = [part for step in self.plan for part in step]
         images = self.images.read(index for index, _ in parts)
         for (index, divisor), x in zip(parts, images, strict=True):
-            yield Chunk(x, self.labels[index], divisor)
+            yield Chunk(x, rows(self.labels, index), divisor)
 
 
 def set_chunks(
