@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import points as events
 from helpers import run
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,12 @@ def test_the_report_the_summary_and_the_reader_of_run_dirs_import_no_torch(sweep
     shutil.copytree(sweep, tmp_path, dirs_exist_ok=True)
     for name in ("report.md", "report.png", "summary.md", "summary.csv"):  # written again below
         (tmp_path / name).unlink(missing_ok=True)
-    study = optuna.create_study(study_name="descent", storage=f"sqlite:///{tmp_path}/optuna.db")  # a search's too
+    # The dir made a search's too: its study, and a multirun.yaml that names it as the Optuna sweeper writes it.
+    saved = OmegaConf.load(tmp_path / "multirun.yaml")
+    saved.hydra.sweeper = {"_target_": "hydra_plugins.descent_sweepers.OptunaSweeper", "storage": "sqlite",
+                           "study_name": "lr"}  # fmt: skip
+    OmegaConf.save(saved, tmp_path / "multirun.yaml")
+    study = optuna.create_study(study_name="lr", storage=f"sqlite:///{tmp_path}/optuna.db")
     for value in (0.3, 0.2, None):
         trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)})
         trial.report(0.5, step=1)
@@ -145,7 +151,7 @@ def test_the_report_the_summary_and_the_reader_of_run_dirs_import_no_torch(sweep
     assert statuses == "['ok', 'ok']" and imported == "[]"
     report = (tmp_path / "report.md").read_text()
     assert table_rows(report) and (tmp_path / "report.png").is_file()
-    assert "## Search: study descent\n\n3 trials: 2 complete, 1 pruned. Best: trial 1, 0.2 at {'lr': " in report
+    assert "## Search: study lr\n\n3 trials: 2 complete, 1 pruned. Best: trial 1, 0.2 at {'lr': " in report
     for name in ("search_curves.png", "search_history.png", "search_importances.png"):
         assert (tmp_path / name).is_file() and f"]({name})" in report
     assert "2 runs, 0 failed" in (tmp_path / "summary.md").read_text()

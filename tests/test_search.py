@@ -22,8 +22,10 @@ from descent.search import (
     grid,
     hydra_literal,
     open_storage,
+    override_of,
     search_space,
     storage_of,
+    tell,
 )
 
 TINY = ("data=synthetic", "data.num_train=1200", "data.num_test=300", "data.val_size=200", "data.noise=6")
@@ -55,6 +57,63 @@ def test_hydras_optuna_syntax_becomes_optunas_distributions() -> None:
         grid(search_space(["lr=interval(0.1, 1.0)"])[0])
 
 
+def test_a_sampled_value_reaches_its_job_as_it_was_drawn() -> None:
+    """A choice of strings may hold a comma (a sweep to Hydra) or read as a number or null: each job override
+    parses back to the very value drawn."""
+    parser = OverridesParser.create()
+    for value in ("a,b", "1", "null", "it's", "relu", 0.1, 32, True):
+        (back,) = parser.parse_overrides([override_of("key", value)])
+        assert not back.is_sweep_override() and back.value() == value and type(back.value()) is type(value)
+
+
+def test_a_grid_search_ends_and_goes_on_through_the_same_grid(tmp_path: Path) -> None:
+    """The grid sampler stops its study when the grid is used up (an error outside Study.optimize): the last tell
+    records the trial and the search ends. A continued grid search keeps the grid's order, so that every value is
+    tried once."""
+    hydra = compose_config("train", "hparams_search=optuna", "hydra/sweeper/sampler=grid", "seed=3",
+                           return_hydra_config=True).hydra  # fmt: skip
+    space, _ = search_space(["width=choice(1, 2, 3, 4, 5, 6)"])
+    storage = storage_of("sqlite", tmp_path)
+    study = optuna.create_study(storage=storage, study_name="g", sampler=build_sampler(hydra.sweeper.sampler, space))
+    for _ in range(3):  # a search stopped after three trials...
+        trial = study.ask(space)
+        tell(study, trial.number, float(trial.params["width"]), None)
+    again = optuna.load_study(storage=storage, study_name="g")  # ... and continued
+    again.sampler = build_sampler(hydra.sweeper.sampler, space, trials_so_far=len(again.trials))
+    for _ in range(3):
+        trial = again.ask(space)
+        tell(again, trial.number, float(trial.params["width"]), None)  # the last one stops the study: no error
+    assert sorted(t.params["width"] for t in again.trials) == [1, 2, 3, 4, 5, 6]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in again.trials)
+
+
+def test_a_trial_reports_each_epoch_but_is_not_pruned_after_its_last_and_a_finished_one_is_left_alone(
+    make_cfg, tmp_path: Path
+) -> None:
+    """A pruner that would stop anything: a one-epoch trial still completes (after its last epoch it has a
+    result, not a pruned run). The same run extended by hand (`resume=`) once its trial is finished goes on
+    without reporting to it (Optuna refuses reports to a finished trial)."""
+    from descent.resume import resumed_config
+    from descent.training import train
+
+    storage = storage_of("sqlite", tmp_path)
+    study = optuna.create_study(storage=storage, study_name="descent")
+    asked = study.ask()
+    about = {"number": asked.number, "id": asked._trial_id, "study_name": "descent", "storage": storage,
+             "pruner": {"_target_": "optuna.pruners.ThresholdPruner", "upper": 0.0}}  # fmt: skip
+    run_dir = tmp_path / "trial"
+    result = train(make_cfg("max_epochs=1", "logger=none", f"trial={hydra_literal(about)}", run_dir=run_dir))
+    assert result["ended"]["reason"] == "max_epochs"
+    (trial,) = optuna.load_study(storage=storage, study_name="descent").trials
+    assert trial.intermediate_values == {1: result["history"][0]["val/error"]}
+    tell(study, asked.number, result["best"]["val/error"], None)
+    cfg = make_cfg("max_epochs=2", "logger=none", f"resume={run_dir}", run_dir=tmp_path / "elsewhere")
+    longer = train(resumed_config(cfg, [f"resume={run_dir}", "max_epochs=2"]))
+    assert [row["epoch"] for row in longer["history"]] == [1, 2]
+    (trial,) = optuna.load_study(storage=storage, study_name="descent").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and list(trial.intermediate_values) == [1]
+
+
 @pytest.mark.parametrize("sampler", options("hydra/sweeper/sampler"))
 def test_every_sampler_composes_and_instantiates(sampler: str) -> None:
     hydra = compose_config("train", "hparams_search=optuna", f"hydra/sweeper/sampler={sampler}", "seed=4",
@@ -66,8 +125,11 @@ def test_every_sampler_composes_and_instantiates(sampler: str) -> None:
     study = optuna.create_study(sampler=built)  # it draws from the space
     trial = study.ask(space)
     assert trial.params["batch_size"] in (32, 64) and trial.params["depth"] in (1, 2)
+    # A continued search's sampler draws anew (the grid's keeps its order: the test of the grid search below).
     continued = build_sampler(hydra.sweeper.sampler, space, trials_so_far=5)
-    assert getattr(continued, "_rng", None) is None or continued._rng.rng.bytes(8) != built._rng.rng.bytes(8)
+    if getattr(continued, "_rng", None) is not None:
+        drawn, drawn_again = continued._rng.rng.bytes(8), build_sampler(hydra.sweeper.sampler, space)._rng.rng.bytes(8)
+        assert (drawn == drawn_again) == (sampler == "grid")
 
 
 @pytest.mark.parametrize("pruner", options("hydra/sweeper/pruner"))
@@ -101,11 +163,15 @@ def test_resume_of_a_sweep_dir_is_the_sweeps_own_command_and_refuses_other_setti
     assert again == ["-m", "optimizer=sgd,momentum", "seed=0,1", "hydra.verbose=true", f"hydra.sweep.dir={tmp_path}",
                      "hydra/launcher=slurm"]  # fmt: skip
     assert sweep_going_on([f"resume={tmp_path / 'nothing'}"]) is None  # a run dir's resume= is train.py's own
-    message = refusal(lambda: sweep_going_on([f"resume={tmp_path}", "max_epochs=9"]))
-    assert message == (
-        f"resume={tmp_path}: a sweep goes on with its own settings, so max_epochs=9 cannot be given; start a new "
-        "sweep for other settings"
-    )
+    for changed in ("max_epochs=9", "hydra.sweeper.params.optimizer.lr=choice(0.1)", "hydra.sweep.subdir=x"):
+        message = refusal(lambda changed=changed: sweep_going_on([f"resume={tmp_path}", changed]))
+        assert message == (
+            f"resume={tmp_path}: a sweep goes on with its own settings, so {changed} cannot be given; start a new "
+            "sweep for other settings (only hydra/launcher=, hydra.launcher., hydra.sweeper.n_trials=, "
+            "hydra.sweeper.n_jobs=, hydra.verbose= may be added)"
+        )
+    more = sweep_going_on([f"resume={tmp_path}", "hydra.sweeper.n_trials=40", "hydra.launcher.timeout_min=60"])
+    assert more is not None and more[-2:] == ["hydra.sweeper.n_trials=40", "hydra.launcher.timeout_min=60"]
 
 
 def test_a_job_dir_name_too_long_for_a_file_system_is_cut_and_stays_unique() -> None:

@@ -43,20 +43,25 @@ def job_dir_name(override_dirname: str) -> str:
     return name
 
 
+GOING_ON_MAY_CHANGE = ("hydra/launcher=", "hydra.launcher.", "hydra.sweeper.n_trials=", "hydra.sweeper.n_jobs=",
+                       "hydra.verbose=")  # fmt: skip
+"""What `resume=<sweep dir>` lets the command line add: where the jobs run, how many, and how much is logged."""
+
+
 def sweep_going_on(arguments: list[str]) -> list[str] | None:
     """For `resume=<sweep dir>` (a dir with Hydra's multirun.yaml), the sweep's own command line into that dir,
-    whose jobs then go on where they stopped (descent.search); None for any other command line. Hydra's own
-    settings (`hydra.*`, `hydra/launcher=...`) and options such as `-cd <dir>` may be added; other settings would
-    make the jobs still to run differ from those that ran."""
+    whose jobs then go on where they stopped (descent.launches); None for any other command line. Where and how
+    many jobs run (GOING_ON_MAY_CHANGE) and options such as `-cd <dir>` may be added; any other setting would make
+    the jobs still to run differ from those that ran, or the job dirs from those there."""
     resume = next((arg.partition("=")[2] for arg in arguments if arg.startswith("resume=")), "")
     if not resume or not (Path(resume) / "multirun.yaml").is_file():
         return None
     added = [arg for arg in arguments if not arg.startswith("resume=")]
-    changed = [arg for arg in added if "=" in arg and not arg.startswith(("hydra.", "hydra/", "-"))]
+    changed = [arg for arg in added if "=" in arg and not arg.startswith(("-", *GOING_ON_MAY_CHANGE))]
     require(
         not changed,
         f"resume={resume}: a sweep goes on with its own settings, so {' '.join(changed)} cannot be given; start a new "
-        "sweep for other settings",
+        f"sweep for other settings (only {', '.join(GOING_ON_MAY_CHANGE)} may be added)",
     )
     saved = OmegaConf.load(Path(resume) / "multirun.yaml").hydra.overrides
     own = [arg for arg in saved.hydra if not arg.startswith(("hydra.mode=", "hydra.sweep.dir="))]

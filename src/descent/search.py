@@ -1,156 +1,34 @@
-"""descent's sweepers: Hydra's basic sweep and an Optuna search (ask and tell, on today's Optuna), both going on
-past failed jobs and from where an earlier launch into the same sweep dir stopped.
+"""An Optuna search of descent's own (ask and tell, on today's Optuna): its space, samplers, pruners and storage.
 
-Every job's outcome is read from its run dir (`descent.runs`), whether it ran now or before: a finished run (ok,
-failed or pruned) is read back, not run again; one with a checkpoint goes on from it (`resume=<job dir>`, at its
-exact step); any other runs from the start. So `python src/train.py resume=<sweep dir>` (which repeats the sweep's
-own command into its dir, `descent.multirun.sweep_going_on`) ends as the sweep would have, had it never stopped.
-
-The search keeps its study in a file of the sweep dir (`storage: sqlite`, or `journal` for runs on a network file
-system), so a continued search goes on from its trials: those a stop left running are run again (resumed) with the
-parameters they were given, then new ones are asked for up to `n_trials` in all. Each trial's job gets its study,
-number and pruner (the `trial` key, `descent.trial`), reports `monitor` after every evaluated epoch and stops when
-the pruner says so. Search spaces keep the syntax of Hydra's Optuna sweeper (`interval`, `tag(log, ...)`,
-`choice`, `range`). Hydra takes sweepers from the `hydra_plugins` package only: `hydra_plugins/descent_sweepers.py`
-names these there. Nothing here imports torch: Hydra imports this module at every start, to look for plugins.
+Hydra's sweeper interface, its trials launched by `descent.launches` (so a failed trial is Optuna's FAIL and the
+search goes on, and a stopped search goes on where it stopped). The study is a file of the sweep dir (`storage:
+sqlite`, or `journal` for runs on a network file system), so a continued search goes on from its trials: those a
+stop left running are run again (resumed) with the values they were given, then new ones are asked for up to
+`n_trials` in all. Each trial's job gets its study, number and pruner (the `trial` key, `descent.trial`), reports
+`monitor` after every evaluated epoch and stops when the pruner says so. Search spaces keep the syntax of Hydra's
+Optuna sweeper (`interval`, `tag(log, ...)`, `choice`, `range`). Hydra takes sweepers from the `hydra_plugins`
+package only: `hydra_plugins/descent_sweepers.py` names this one there. Nothing here imports torch or, until a
+search starts, Optuna.
 """
 
 import logging
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as HydraBasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from descent.errors import DescentError
-from descent.runs import Run, going_on_from, read_run
+from descent.launches import Launches
 
 log = logging.getLogger(__name__)
-
-FINISHED = ("ok", "failed", "pruned")
-"""A job dir whose run ended so is read back when its sweep is launched again."""
-
-
-class SweepFailed(CompactHydraException):
-    """Some jobs failed: Hydra prints a compact exception as its message alone, exit status 1."""
-
-
-class Launches:
-    """The jobs of one sweep, launched by Hydra's launcher (the basic one, SLURM's) where they did not finish in an
-    earlier launch into the same sweep dir, and each one's run as it ended."""
-
-    def __init__(self, config: DictConfig, hydra_context: HydraContext, launcher: Any) -> None:
-        self.config, self.hydra_context, self.launcher = config, hydra_context, launcher
-        self.runs: list[Run] = []
-
-    def job_dir(self, overrides: Sequence[str], number: int) -> Path:
-        """Where the launcher will run the job: the sweep dir's `hydra.sweep.subdir` for these overrides."""
-        job = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(job):
-            job.hydra.job.id = job.hydra.job.num = number
-        return Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Run]:
-        """Run the jobs (numbered from `initial_job_idx`) that have not finished; every job's run, in order."""
-        dirs = [self.job_dir(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
-        before = [read_run(job_dir, job_dir.name) if (job_dir / ".hydra").is_dir() else None for job_dir in dirs]
-        todo = [i for i, run in enumerate(before) if run is None or run.status not in FINISHED]
-        done = len(job_overrides) - len(todo)
-        resumed = [i for i in todo if going_on_from(dirs[i])]
-        errors: dict[int, str] = {}
-        if done or resumed:
-            log.info(
-                "%s: %d of these %d jobs finished before (read back, not run again), %d go on from a checkpoint",
-                self.config.hydra.sweep.dir, done, len(job_overrides), len(resumed),
-            )  # fmt: skip
-        for segment in contiguous(todo):  # each job keeps its number (hydra.job.num)
-            batch = [
-                [*job_overrides[i], f"resume={dirs[i]}", "hydra.output_subdir=null"]
-                if i in resumed
-                else list(job_overrides[i])
-                for i in segment
-            ]
-            returns = self.launcher.launch(batch, initial_job_idx=initial_job_idx + segment[0])
-            for i, job in zip(segment, returns, strict=True):
-                if job.status == JobStatus.FAILED:
-                    errors[i] = " ".join(f"{type(job._return_value).__name__}: {job._return_value}".split())
-        ended = []
-        for i, job_dir in enumerate(dirs):
-            given = dict(item.split("=", 1) for item in job_overrides[i] if "=" in item)
-            run = read_run(job_dir, job_dir.name) or Run(job_dir.name, job_dir, given)
-            if i in errors and run.status != "failed":  # a job that failed before it could say so in its dir
-                run.status, run.error = "failed", errors[i]
-            ended.append(run)
-        self.runs += ended
-        return ended
-
-    def failures(self, jobs: str) -> str:
-        """One line of the failed runs, or "" if none failed."""
-        failed = [run for run in self.runs if run.status == "failed"]
-        if not failed:
-            return ""
-        first = f"{','.join(f'{k}={v}' for k, v in failed[0].overrides.items())}: {failed[0].error}"
-        return (
-            f"{len(failed)} of {len(self.runs)} {jobs} failed (the first: {first}); each one's error is in "
-            f"{self.config.hydra.sweep.dir}/summary.md"
-        )
-
-
-def contiguous(indices: list[int]) -> list[list[int]]:
-    """[0, 1, 3] -> [[0, 1], [3]]."""
-    segments: list[list[int]] = []
-    for i in indices:
-        if segments and segments[-1][-1] == i - 1:
-            segments[-1].append(i)
-        else:
-            segments.append([i])
-    return segments
-
-
-class ReadBackLauncher:
-    """What Hydra's basic sweeper calls as its launcher: `Launches`, each job's return its best `monitor`
-    figure (None where it failed, so that the sweep goes on)."""
-
-    def __init__(self, launches: Launches) -> None:
-        self.launches = launches
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-        runs = self.launches.launch(job_overrides, initial_job_idx)
-        return [
-            JobReturn(
-                overrides=list(overrides),
-                working_dir=str(run.path),
-                status=JobStatus.COMPLETED,
-                _return_value=None if run.status == "failed" else run.objective,
-            )  # fmt: skip
-            for overrides, run in zip(job_overrides, runs, strict=True)
-        ]
-
-
-class BasicSweeper(HydraBasicSweeper):
-    """Hydra's basic sweeper: every job runs (or is read back, or goes on), then one line if any failed (exit 1)."""
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.launches = Launches(config, hydra_context, self.launcher)
-        self.launcher = ReadBackLauncher(self.launches)  # type: ignore[assignment]
-
-    def sweep(self, arguments: list[str]) -> Any:
-        returns = super().sweep(arguments)
-        if failed := self.launches.failures("jobs"):
-            raise SweepFailed(f"error: {failed}")
-        return returns
 
 
 def distribution(override: Override) -> Any:
@@ -213,7 +91,8 @@ def build_sampler(settings: DictConfig, space: dict[str, Any], trials_so_far: in
     """The sampler of conf/hydra/sweeper/sampler/ for this search space (the grid's values, for GridSampler); a
     continued search's seed moved on by the trials so far, so that it does not draw the same values again."""
     given: dict[str, Any] = {"search_space": grid(space)} if is_grid(settings) else {}
-    if trials_so_far and settings.get("seed") is not None:
+    # The grid's order is its seed's: a continued grid search goes on through the same order.
+    if trials_so_far and settings.get("seed") is not None and not given:
         given["seed"] = settings.seed + trials_so_far
     return instantiate(settings, **given)
 
@@ -250,14 +129,37 @@ def open_storage(storage: str) -> Any:
 
 
 def hydra_literal(value: Any) -> str:
-    """`value` as Hydra's override grammar reads it back: {k:v}, [a,b], quoted strings, null, true."""
+    """`value` as Hydra's override grammar reads it back: {k:v}, [a,b], quoted strings, null, true. In a quoted
+    string Hydra takes a backslash literally but before a quote, and `${` as an interpolation."""
     if isinstance(value, dict):
         return "{" + ",".join(f"{key}:{hydra_literal(item)}" for key, item in value.items()) + "}"
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_literal(item) for item in value) + "]"
     if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def override_of(key: str, value: Any) -> str:
+    """`key=value` that Hydra reads back as this very value: a sampled choice may be a string with a comma (a sweep
+    to Hydra) or one that reads as a number or null, which need escaping or quotes."""
+    text = Transformer.str(value)
+    try:
+        (back,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+        same = not back.is_sweep_override() and type(back.value()) is type(value) and back.value() == value
+    except Exception:  # Hydra's grammar refused it: quoted below
+        same = False
+    return f"{key}={text}" if same else f"{key}={hydra_literal(value)}"
+
+
+def tell(study: Any, number: int, value: float | None, state: Any) -> None:
+    """Optuna's tell, once per trial. The grid sampler stops its study when the grid is used up, which outside
+    `Study.optimize` raises once the trial is recorded: here that is the search's last trial, as `n_trials` says."""
+    try:
+        study.tell(number, value, state=state, skip_if_finished=True)
+    except RuntimeError as error:
+        if "Study.stop" not in str(error):
+            raise
 
 
 class OptunaSweeper(Sweeper):
@@ -323,15 +225,21 @@ class OptunaSweeper(Sweeper):
                 if "overrides" not in trial.user_attrs:  # kept in the study: a continued search runs it alike
                     about = {"number": trial.number, "id": trial._trial_id, "study_name": self.study_name}
                     about |= {"storage": storage, "pruner": pruner}
-                    values = [f"{key}={value}" for key, value in (trial.params | fixed).items()]
+                    values = [override_of(key, value) for key, value in trial.params.items()]
+                    values += [f"{key}={value}" for key, value in fixed.items()]  # as the command line gave them
                     trial.set_user_attr("overrides", [*values, f"trial={hydra_literal(about)}"])
-            runs = self.launches.launch([t.user_attrs["overrides"] for t in batch], initial_job_idx=batch[0].number)
+            try:
+                runs = self.launches.launch([t.user_attrs["overrides"] for t in batch], batch[0].number)
+            except Exception:  # a job that cannot even be composed: FAIL, so that a continued search does not retry it
+                for trial in batch:
+                    tell(study, trial.number, None, optuna.trial.TrialState.FAIL)
+                raise
             for trial, run in zip(batch, runs, strict=True):
                 if run.status == "ok" and not math.isnan(run.objective):
-                    study.tell(trial.number, run.objective, skip_if_finished=True)
+                    tell(study, trial.number, run.objective, None)
                 else:
                     state = optuna.trial.TrialState.PRUNED if run.status == "pruned" else optuna.trial.TrialState.FAIL
-                    study.tell(trial.number, state=state, skip_if_finished=True)
+                    tell(study, trial.number, None, state)
         self.write_results(study, sweep_dir)
         if failed := self.launches.failures("trials"):  # recorded as FAIL in the study; the search went on
             print(f"note: {failed}", file=sys.stderr)

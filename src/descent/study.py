@@ -2,8 +2,9 @@
 optimisation history and parameter importances, and every trial's `monitor` against the epoch, the best trials in
 colour and the pruned ones ending in a cross where they were stopped.
 
-The study is read from the sweep dir's storage (descent.search: optuna.db, or optuna.journal), the trials' curves
-from their run dirs (descent.runs), so the figures are those of metrics.json. No torch here.
+The study is read from the storage the sweep's multirun.yaml names (descent.search: optuna.db or optuna.journal in
+the sweep dir, or a database URL), the trials' curves from their run dirs (descent.runs), so the figures are those
+of metrics.json. No torch here.
 """
 
 import warnings
@@ -19,20 +20,21 @@ BEST_SHOWN = 5
 
 
 def stored_study(sweep_dir: Path) -> Any:
-    """The study in the sweep dir's storage, or None if the dir holds none (a grid sweep, a run dir)."""
-    from descent.search import open_storage
+    """The search's study, from the storage and study name its sweep's multirun.yaml names (a grid sweep's, or a
+    run dir's, has none: None)."""
+    from omegaconf import OmegaConf
 
-    if (sweep_dir / "optuna.db").is_file():
-        storage = f"sqlite:///{sweep_dir.resolve() / 'optuna.db'}"
-    elif (sweep_dir / "optuna.journal").is_file():
-        storage = str(sweep_dir.resolve() / "optuna.journal")
-    else:
+    from descent.search import open_storage, storage_of
+
+    saved = sweep_dir / "multirun.yaml"
+    sweeper = OmegaConf.load(saved).hydra.get("sweeper", {}) if saved.is_file() else {}
+    if "OptunaSweeper" not in str(sweeper.get("_target_", "")):
         return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    (summary,) = optuna.get_all_study_summaries(open_storage(storage))[:1] or (None,)
-    return None if summary is None else optuna.load_study(study_name=summary.study_name, storage=open_storage(storage))
+    storage = open_storage(storage_of(sweeper.get("storage", "sqlite"), sweep_dir))
+    return optuna.load_study(study_name=sweeper.get("study_name", "descent"), storage=storage)
 
 
 def curves(study: Any, runs: dict[str, Run], title: str) -> Figure:

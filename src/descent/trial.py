@@ -7,12 +7,15 @@ storage). The global rank 0 reports and asks, and every rank follows its answer;
 reached max_epochs does (its checkpoints, metrics.json, logs), with `ended.reason` "pruned", and exits 0.
 """
 
+import logging
 from typing import Any
 
 import lightning
 from lightning.pytorch.callbacks import Callback
 
 from descent.search import build_pruner, open_storage
+
+log = logging.getLogger(__name__)
 
 
 class TrialReports(Callback):
@@ -32,15 +35,21 @@ class TrialReports(Callback):
             storage=open_storage(self.storage),
             pruner=build_pruner(self.pruner),
         )
+        state = study._storage.get_trial(self.id).state
+        if state != optuna.trial.TrialState.RUNNING:  # a finished trial's run extended by hand (resume=<its dir>)
+            log.info("trial %d of study %s is %s: this run goes on without reporting to it", self.number,
+                     self.study_name, state.name)  # fmt: skip
+            return
         self.trial = optuna.Trial(study, self.id)
 
     def on_validation_end(self, trainer: lightning.Trainer, module: Any) -> None:
         if not module.evaluating_an_epoch or not module.history:
             return
         row, prune = module.history[-1], False
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.trial is not None:
             self.trial.report(row[self.monitor], step=int(row["epoch"]))
-            prune = self.trial.should_prune()
+            # After the last epoch the trial is complete, not pruned: its value is a result.
+            prune = row["epoch"] < trainer.max_epochs and self.trial.should_prune()
         if trainer.strategy.broadcast(prune, src=0):
             self.pruned_after, trainer.should_stop = int(row["epoch"]), True
 
