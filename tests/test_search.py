@@ -155,6 +155,15 @@ def test_the_storage_is_a_file_of_the_sweep_dir_or_a_url(tmp_path: Path) -> None
     assert message.startswith("hydra.sweeper.storage=memory: give sqlite (a file in the sweep dir), journal")
 
 
+@pytest.mark.slow
+def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path: Path) -> None:
+    done = run("src/train.py", "-m", "hparams_search=optuna", "hydra.sweeper.storage=memroy", *TINY,
+               f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: hydra.sweeper.storage=memroy: give sqlite (a file in the sweep dir)")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_resume_of_a_sweep_dir_is_the_sweeps_own_command_and_refuses_other_settings(tmp_path: Path) -> None:
     own = ["hydra.mode=MULTIRUN", "hydra.sweep.dir=elsewhere", "hydra.verbose=true"]
     hydra = {"overrides": {"task": ["optimizer=sgd,momentum", "seed=0,1"], "hydra": own}}

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from descent.errors import DescentError
-from descent.launches import Launches
+from descent.launches import Launches, SweepFailed
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +192,16 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        space, fixed = search_space([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
-        n_trials = self.n_trials
-        if is_grid(self.sampler):
-            n_trials = min(n_trials, math.prod(len(values) for values in grid(space).values()))
+        try:  # a bad setting: one line (Hydra prints a compact exception as its message alone), exit status 1
+            space, fixed = search_space([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
+            n_trials = self.n_trials
+            if is_grid(self.sampler):
+                n_trials = min(n_trials, math.prod(len(values) for values in grid(space).values()))
+            storage = storage_of(self.storage, sweep_dir)
+        except DescentError as error:
+            raise SweepFailed(f"error: {error}") from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        storage = storage_of(self.storage, sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged by its job, not twice
         study = optuna.create_study(
             storage=open_storage(storage),
