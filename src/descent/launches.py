@@ -20,11 +20,11 @@ from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from descent.runs import Run, going_on_from, read_run
+from descent.runs import WITH_A_RESULT, Run, going_on_from, read_run
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("ok", "failed", "pruned")
+FINISHED = (*WITH_A_RESULT, "failed")
 """A job dir whose run ended so is read back when its sweep is launched again."""
 
 

@@ -22,6 +22,9 @@ from descent.results import final_and_best
 GOING_ON_FROM = ("last.ckpt", "interrupted.ckpt", "periodic.ckpt")
 """What `resume=` may go on from: the end of the last evaluated epoch, a stop signal's moment, a periodic save."""
 
+WITH_A_RESULT = ("ok", "pruned")
+"""Run statuses whose figures are a result: finished, or stopped by a search's pruner (a result so far)."""
+
 Row = dict[str, float]
 """One epoch's figures, as metrics.json's history holds them: `epoch` and every `{set}/{name}` and PROGRESS key."""
 
@@ -46,7 +49,7 @@ class Run:
     def objective(self) -> float:
         """The best epoch's `monitor` figure, what a sweep optimises (so far, for a pruned run); NaN for a run
         without a result."""
-        return self.best[self.monitor] if self.status in ("ok", "pruned") and self.best and self.monitor else math.nan
+        return self.best[self.monitor] if self.status in WITH_A_RESULT and self.best and self.monitor else math.nan
 
     @property
     def rank(self) -> float:

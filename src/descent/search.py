@@ -152,6 +152,12 @@ def override_of(key: str, value: Any) -> str:
     return f"{key}={text}" if same else f"{key}={hydra_literal(value)}"
 
 
+def trial_states(study: Any) -> dict[str, int]:
+    """How many of the study's trials are in each state ("complete", "pruned", "fail", ...), in order first met."""
+    states = [trial.state.name.lower() for trial in study.trials]
+    return {state: states.count(state) for state in dict.fromkeys(states)}
+
+
 def tell(study: Any, number: int, value: float | None, state: Any) -> None:
     """Optuna's tell, once per trial. The grid sampler stops its study when the grid is used up, which outside
     `Study.optimize` raises once the trial is recorded: here that is the search's last trial, as `n_trials` says."""
@@ -256,8 +262,7 @@ class OptunaSweeper(Sweeper):
             log.warning("no trial of study %s completed: no optimization_results.yaml", self.study_name)
             return
         best = study.best_trial
-        states = [trial.state.name.lower() for trial in study.trials]
-        counts = {state: states.count(state) for state in dict.fromkeys(states)}
+        counts = trial_states(study)
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value, "trials": counts}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        log.info("best of %d trials (%s): %s = %s at %s", len(states), counts, "value", best.value, best.params)
+        log.info("best of %d trials (%s): %s = %s at %s", len(study.trials), counts, "value", best.value, best.params)

@@ -99,8 +99,9 @@ def search_section(sweep_dir: Path) -> str:
     import optuna
     from optuna.visualization import matplotlib as plots
 
-    states = [trial.state.name.lower() for trial in study.trials]
-    counts = ", ".join(f"{states.count(state)} {state}" for state in dict.fromkeys(states))
+    from descent.search import trial_states
+
+    counts = ", ".join(f"{count} {state}" for state, count in trial_states(study).items())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = (
         f"Best: trial {study.best_trial.number}, {study.best_value:.4g} at {study.best_trial.params}."

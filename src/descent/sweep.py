@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from descent import results
 from descent.files import replace_text
 from descent.monitor import LOWER_IS_BETTER
-from descent.runs import Run, read_runs
+from descent.runs import WITH_A_RESULT, Run, read_runs
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def measured(runs: list[Run], key: str) -> bool:
 def figures(run: Run) -> dict[str, float]:
     """A finished (or pruned) run's objective and shown figures, keyed by column ("best test/error"); {} for any
     other run."""
-    if run.status not in ("ok", "pruned") or run.final is None or run.best is None:
+    if run.status not in WITH_A_RESULT or run.final is None or run.best is None:
         return {}
     rows = {"final": run.final, "best": run.best}
     columns = shown(configured=results.user_metrics(run.final), curvature=True, own=results.own_measurements(run.final))
