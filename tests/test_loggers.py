@@ -95,6 +95,7 @@ def test_mlflow_ui_shows_the_run_in_a_real_browser(make_cfg, tmp_path: Path) -> 
     port = free_port()
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     command = [str(mlflow_cli), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1"]  # not MLflow's 4: each imports MLflow's server, and one page needs one
     with serving(command, f"http://127.0.0.1:{port}/health"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
             served = answer.read().decode()

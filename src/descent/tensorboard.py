@@ -164,25 +164,32 @@ def confusion_matrix(predicted: Tensor, true: Tensor, num_classes: int) -> Tenso
 
 
 def to_image(x: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A (normalised) sample [C, H, W] as an image matplotlib shows: [H, W] grey or [H, W, C] colour."""
+    """A (normalised) sample [C, H, W] as an image matplotlib shows, rescaled to [0, 1] (normalised values are not
+    grey levels or colours): [H, W] grey or [H, W, C] colour."""
     image = x.reshape(shape).float()
-    if image.shape[0] == 1:
-        return image[0]
-    # [C, H, W] -> [H, W, C], rescaled to [0, 1] since normalised values are not colours
-    image = image.permute(1, 2, 0)
+    image = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
     return (image - image.min()) / (image.max() - image.min()).clamp(min=1e-12)
 
 
 def misclassified_grid(x: Tensor, predicted: Tensor, true: Tensor, info: tuple[tuple[int, ...], list[str]]) -> Figure:
+    """The images in rows of 8, each under its predicted and true class. One canvas in one axes, not an axes per
+    image: matplotlib lays out and draws 32 axes several times slower, and the grid is drawn at every image epoch."""
     shape, names = info
-    columns = 8
+    columns, (h, w) = 8, shape[1:]
     rows = max(1, -(-len(true) // columns))
-    figure = Figure(figsize=(2 * columns, 2.3 * rows), layout="constrained")
-    for i, ax in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        ax.set_axis_off()
-        if i < len(true):
-            ax.imshow(to_image(x[i], shape).numpy(), cmap="gray")
-            ax.set_title(f"pred {names[predicted[i]]}\ntrue {names[true[i]]}", fontsize=8)
+    cell_h, cell_w = h + h // 2, w + max(2, w // 14)  # room above each image for its two lines, a gap beside it
+    canvas = torch.ones(rows * cell_h, columns * cell_w, *([shape[0]] if shape[0] > 1 else []))  # white
+    for i in range(len(true)):
+        top, left = (i // columns) * cell_h + h // 2, (i % columns) * cell_w
+        canvas[top : top + h, left : left + w] = to_image(x[i], shape)
+    figure = Figure(figsize=(2 * columns, 2 * columns * canvas.shape[0] / canvas.shape[1]))
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for i in range(len(true)):
+        top, left = (i // columns) * cell_h + h // 2, (i % columns) * cell_w
+        label = f"pred {names[predicted[i]]}\ntrue {names[true[i]]}"
+        ax.text(left + w / 2, top - 0.5, label, ha="center", va="bottom", fontsize=8)
     if len(true) == 0:
         figure.suptitle("no misclassified test images")
     return figure
