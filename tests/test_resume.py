@@ -132,9 +132,9 @@ def test_a_resumed_epochs_training_time_and_progress_rate_count_the_steps_as_the
     assert rates and all(32 / 1.0 <= rate <= 32 / 0.02 for rate in rates), caplog.text
 
 
-SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
+SLOW_EPOCHS = ["data=synthetic", "data.num_train=12000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
                "trainer=cpu", "logger.tensorboard.image_every_n_epochs=0", "max_epochs=2", "seed=4"]  # fmt: skip
-"""3,000 steps an epoch, a few seconds: long enough to kill it between two periodic checkpoints."""
+"""1,438 steps an epoch, a few seconds: long enough to kill it between two periodic checkpoints."""
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(straight: Pat
     killed = tmp_path / "killed"
     process = start(*SLOW_EPOCHS, f"hydra.run.dir={killed}")
     wait_for(killed / "checkpoints" / "last.ckpt", process)
-    time.sleep(0.5)  # into epoch 2
+    time.sleep(0.2)  # into epoch 2
     process.kill()
     process.communicate()
     assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
@@ -171,7 +171,7 @@ def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last
     straight: Path, tmp_path: Path
 ) -> None:
     killed = tmp_path / "killed"
-    process = start(*SLOW_EPOCHS, "checkpoint.every_n_steps=400", f"hydra.run.dir={killed}")
+    process = start(*SLOW_EPOCHS, "checkpoint.every_n_steps=300", f"hydra.run.dir={killed}")
     periodic = killed / "checkpoints" / "periodic.ckpt"
     wait_for(periodic, process)
     first = periodic.stat().st_mtime_ns
@@ -183,7 +183,7 @@ def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last
     process.communicate()
     assert not (killed / "checkpoints" / "last.ckpt").exists()  # killed in epoch 1: only periodic.ckpt to go on from
     steps = load(periodic)["global_step"]
-    assert steps % 400 == 0 and 800 <= steps < 3000
+    assert steps % 300 == 0 and 600 <= steps < 1438  # a second periodic, in epoch 1
     finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
     expected = json.loads((straight / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
@@ -220,7 +220,7 @@ def test_a_slurm_job_warned_of_its_time_limit_saves_is_requeued_and_resumes_by_i
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
     (bin_dir / "scontrol").chmod(0o755)
     job = tmp_path / "job"
-    command = [*SLOW_EPOCHS, "checkpoint.every_n_steps=500", f"hydra.run.dir={job}"]
+    command = [*SLOW_EPOCHS, "checkpoint.every_n_steps=300", f"hydra.run.dir={job}"]
     slurm = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     process = start(*command, env=slurm)
     wait_for(job / "checkpoints" / "periodic.ckpt", process)

@@ -204,7 +204,7 @@ def test_divergence_on_the_command_line_is_one_line_and_a_nonzero_exit(idx_dir: 
 
 # Interruption and resuming.
 
-SLOW_EPOCHS = ["data=synthetic", "data.num_train=24000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
+SLOW_EPOCHS = ["data=synthetic", "data.num_train=12000", "data.val_size=500", "batch_size=8", "model.net.hidden=[64]",
                "trainer=cpu", "logger.tensorboard.image_every_n_epochs=0"]  # fmt: skip
 """About a second or two an epoch of thousands of steps: long enough to stop in the middle of one."""
 
