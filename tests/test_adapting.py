@@ -177,6 +177,15 @@ def user_copy(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+def in_process(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """root/src importable, as `python src/train.py` there makes it, for a run composed and trained in-process: the
+    command line adds nothing to these recipes (test_another_network_is_a_class_and_a_model_yaml runs it)."""
+    monkeypatch.syspath_prepend(str(root / "src"))
+    for path in (root / "src").glob("my_*.py"):
+        monkeypatch.delitem(sys.modules, path.stem, raising=False)  # another test's copy of the module
+    return root
+
+
 def compose_in(root: Path, *overrides: str, hydra: bool = False) -> DictConfig:
     """root/conf/train.yaml composed as src/train.py there would, with the recipe's modules importable."""
     with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
@@ -271,28 +280,18 @@ def test_a_network_s_search_space_is_found_by_the_model_name(tmp_path: Path) -> 
 # 2. An in-memory data set
 
 
-@pytest.mark.slow
-def test_an_in_memory_data_set_is_a_load_method_and_a_data_yaml(tmp_path: Path) -> None:
-    root = user_copy(tmp_path, {"src/my_data.py": MY_DATA, "conf/data/my_npz.yaml": MY_NPZ_YAML})
+def test_an_in_memory_data_set_is_a_load_method_and_a_data_yaml(tmp_path: Path, monkeypatch) -> None:
+    root = in_process(
+        user_copy(tmp_path, {"src/my_data.py": MY_DATA, "conf/data/my_npz.yaml": MY_NPZ_YAML}), monkeypatch
+    )
     rng = np.random.default_rng(0)
     (x_train, y_train), (x_test, y_test) = (quadrant_images(n, (3, 12, 12), rng) for n in (300, 120))
     np.savez(tmp_path / "my_set.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
     run_dir = tmp_path / "run"
-    done = run(
-        "src/train.py",
-        "data=my_npz",
-        f"data.path={tmp_path / 'my_set.npz'}",
-        "data.val_size=60",
-        "optimizer=gd",
-        "optimizer.lr=0.5",
-        "model.net.hidden=[32]",
-        "max_epochs=2",
-        f"hydra.run.dir={run_dir}",
-        cwd=root,
-        env=environment(threads=1),
-    )
-    assert done.returncode == 0, done.stderr
+    overrides = ["data=my_npz", f"data.path={tmp_path / 'my_set.npz'}", "data.val_size=60", "optimizer=gd",
+                 "optimizer.lr=0.5", "model.net.hidden=[32]", "max_epochs=2"]  # fmt: skip
+    train(compose_in(root, *overrides, "trainer=cpu", f"run_dir={run_dir}"))
 
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     assert [row["progress/steps"] for row in history] == [1, 2]  # optimizer=gd: one step an epoch
@@ -486,23 +485,19 @@ def test_a_new_metric_is_a_yaml_or_a_metric_class_of_your_own(tmp_path: Path, id
 @pytest.mark.slow
 def test_another_loss_is_a_function_and_a_loss_yaml(tmp_path: Path, idx_dir: Path, monkeypatch) -> None:
     """The README's focal loss: the figures are its mean over each set, and one GD step in chunks of 7 equals the
-    step in one chunk (float64), so the chunk sums hold for it. The steps are composed in-process as src/train.py
-    composes them; the figures come from the command line."""
+    step in one chunk (float64), so the chunk sums hold for it."""
     files = readme_files("Another loss")
     assert set(files) == {"src/my_losses.py", "conf/loss/focal.yaml"}
-    root = user_copy(tmp_path, files)
-    monkeypatch.syspath_prepend(str(root / "src"))
-    common = ["loss=focal", "optimizer=gd", *on_idx(idx_dir), "model.net.hidden=[32]", "max_epochs=1"]
+    root = in_process(user_copy(tmp_path, files), monkeypatch)
+    common = ["loss=focal", "optimizer=gd", *on_idx(idx_dir), "model.net.hidden=[32]", "trainer=cpu"]
     for chunk in ("7", "full"):
-        train(compose_in(root, *common, "trainer=cpu", f"chunk_size={chunk}", "trainer.precision=64-true",
+        train(compose_in(root, *common, "max_epochs=1", f"chunk_size={chunk}", "trainer.precision=64-true",
                          "logger=none", f"run_dir={tmp_path / chunk}"))  # fmt: skip
     chunked, whole = (torch.load(tmp_path / c / "checkpoints" / "last.ckpt")["state_dict"] for c in ("7", "full"))
     for name, value in whole.items():
         torch.testing.assert_close(chunked[name], value, rtol=0, atol=1e-10, msg=name)
 
-    done = run("src/train.py", *common, "max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=root)
-    assert done.returncode == 0, done.stderr
-    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    final = train(compose_in(root, *common, "max_epochs=2", f"run_dir={tmp_path / 'run'}"))["final"]
     for name, (logits, y) in last_logits(tmp_path / "run", idx_dir).items():
         log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
         focal = float((-((1 - log_p.exp()) ** 2.0) * log_p).mean())
@@ -510,16 +505,13 @@ def test_another_loss_is_a_function_and_a_loss_yaml(tmp_path: Path, idx_dir: Pat
         assert final[f"{name}/loss"] < float(F.cross_entropy(logits, y))  # the focal loss, not cross-entropy
 
 
-@pytest.mark.slow
-def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Path) -> None:
+def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Path, monkeypatch) -> None:
     files = readme_files("Another logger")
     assert set(files) == {"src/my_loggers.py", "conf/logger/jsonl.yaml"}
-    root = user_copy(tmp_path, files)
+    root = in_process(user_copy(tmp_path, files), monkeypatch)
     run_dir = tmp_path / "run"
-    done = run("src/train.py", "logger=[tensorboard,jsonl]", *on_idx(idx_dir), "model.net.hidden=[32]",
-               "max_epochs=3", f"hydra.run.dir={run_dir}", cwd=root)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    history = train(compose_in(root, "logger=[tensorboard,jsonl]", *on_idx(idx_dir), "model.net.hidden=[32]",
+                               "max_epochs=3", "trainer=cpu", f"run_dir={run_dir}"))["history"]  # fmt: skip
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     per_epoch = [line for line in lines if "val/loss" in line]
     assert [line["step"] for line in per_epoch] == [1, 2, 3]  # the epoch k
@@ -531,33 +523,5 @@ def test_another_logger_is_a_class_and_a_logger_yaml(tmp_path: Path, idx_dir: Pa
 # 5. Your files pass the suite
 
 
-@pytest.mark.slow  # a nested pytest: not for make test-fast
-def test_the_config_tests_accept_a_users_own_data_set_and_network(tmp_path: Path) -> None:
-    """Recipes 1 and 2 added to a copy of conf/ (another image shape, 3x12x12 with 4 classes, and a network without
-    `hidden`, with its search space), then tests/test_config.py run on that copy as the user would run the suite:
-    every config test that composes their options passes."""
-    import subprocess
-
-    rng = np.random.default_rng(0)
-    (x_train, y_train), (x_test, y_test) = (quadrant_images(n, (3, 12, 12), rng) for n in (300, 120))
-    np.savez(tmp_path / "my_set.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    root = user_copy(
-        tmp_path / "user",
-        {
-            "src/my_data.py": MY_DATA,
-            "src/my_nets.py": MY_NETS,
-            "conf/data/my_npz.yaml": MY_NPZ_YAML.replace("data/my_set.npz", str(tmp_path / "my_set.npz")),
-            "conf/model/small_cnn.yaml": SMALL_CNN_YAML,
-            "conf/search_space/optuna_small_cnn.yaml": SEARCH_SPACE_YAML,
-        },
-    )
-    env = environment(DESCENT_CONF=str(root / "conf"), PYTHONPATH=str(root / "src"))
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "tests/test_config.py",
-         "-k", "my_npz or small_cnn"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-4000:]
-    passed = [line for line in done.stdout.splitlines() if line.startswith("PASSED")]
-    assert any("[my_npz]" in line for line in passed), done.stdout[-2000:]
-    assert sum("small_cnn" in line for line in passed) == 2  # its network built for the data, and searched
+# tests/test_fork.py adds recipes 1 and 2 to a fork's own config dir and runs tests/test_config.py there: every
+# config test that composes their options passes.

@@ -1,7 +1,9 @@
 """The template forked as a user forks it: a README of their own (no table of groups, no recipes), a data yaml of
-their own whose subset is larger than the tests' stand-in data, and their configs in a dir outside the repository,
-given to `src/train.py` as `-cd` and to the tests as DESCENT_CONF. The config tests pass there, the documentation
-tests skip in one line each, and a run trains on their data.
+their own whose subset is larger than the tests' stand-in data, the "Adapting descent" recipes' data set and network
+(another image shape, 3x12x12 with 4 classes, and a network without `hidden`, with its search space), and their
+configs in a dir outside the repository, given to `src/train.py` as `-cd` and to the tests as DESCENT_CONF. The config
+tests pass there, composing their options too, the documentation tests skip in one line each, and a run trains on
+their data.
 
 The fork holds what a user's clone holds but descent itself, which is the installed one (as in test_adapting.py).
 """
@@ -12,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import ROOT, environment, run, write_idx_set
+from test_adapting import MY_DATA, MY_NETS, MY_NPZ_YAML, SEARCH_SPACE_YAML, SMALL_CNN_YAML, quadrant_images
 
 MINE = """\
 # My data: a fixed subset of 2,000 Fashion-MNIST-shaped training images.
@@ -28,12 +32,14 @@ OWN_README = "# my project\n\nWhat my project does, in my own words: no table of
 
 
 def fork(root: Path) -> tuple[Path, Path]:
-    """The fork's clone (the template's entry points, conf/, tests and pyproject.toml, its own README) and its
-    config dir outside it, holding `data/mine.yaml` alone."""
+    """The fork's clone (the template's entry points and the recipes' modules, conf/, tests and pyproject.toml, its
+    own README) and its config dir outside it, holding `data/mine.yaml` and the recipes' yaml files."""
     clone = root / "clone"
     (clone / "src").mkdir(parents=True)
     for script in ("train.py", "eval.py"):
         shutil.copy(ROOT / "src" / script, clone / "src" / script)
+    (clone / "src" / "my_data.py").write_text(MY_DATA)
+    (clone / "src" / "my_nets.py").write_text(MY_NETS)
     shutil.copy(ROOT / "pyproject.toml", clone / "pyproject.toml")
     shutil.copytree(ROOT / "conf", clone / "conf")  # hydra.main's config_path; -cd adds the user's dir after it
     shutil.copytree(ROOT / "tests", clone / "tests", ignore=shutil.ignore_patterns("__pycache__", "test_fork.py"))
@@ -41,6 +47,14 @@ def fork(root: Path) -> tuple[Path, Path]:
     configs = root / "configs"  # their own files alone: -cd adds them to conf/'s
     (configs / "data").mkdir(parents=True)
     (configs / "data" / "mine.yaml").write_text(MINE)
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = (quadrant_images(n, (3, 12, 12), rng) for n in (300, 120))
+    np.savez(root / "my_set.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    (configs / "data" / "my_npz.yaml").write_text(MY_NPZ_YAML.replace("data/my_set.npz", str(root / "my_set.npz")))
+    (configs / "model").mkdir()
+    (configs / "model" / "small_cnn.yaml").write_text(SMALL_CNN_YAML)
+    (configs / "search_space").mkdir()
+    (configs / "search_space" / "optuna_small_cnn.yaml").write_text(SEARCH_SPACE_YAML)
     return clone, configs
 
 
@@ -50,11 +64,14 @@ def test_a_fork_with_its_own_readme_data_and_config_dir_passes_the_config_tests_
 
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "tests/test_config.py"],
-        cwd=clone, env=environment(DESCENT_CONF=str(configs)), capture_output=True, text=True, timeout=600,
+        cwd=clone, env=environment(DESCENT_CONF=str(configs), PYTHONPATH=str(clone / "src")),
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:]
     lines = done.stdout.splitlines()
-    assert any(line.startswith("PASSED") and "[mine]" in line for line in lines), done.stdout[-2000:]
+    passed = [line for line in lines if line.startswith("PASSED")]
+    assert any("[mine]" in line for line in passed) and any("[my_npz]" in line for line in passed), done.stdout[-2000:]
+    assert sum("small_cnn" in line for line in passed) == 2  # its network built for the data, and searched
     skipped = [line for line in lines if line.startswith("SKIPPED")]
     assert len(skipped) == 1 and "hold no table of config groups" in skipped[0], skipped
     assert "Error" not in done.stdout.split("short test summary info")[-1]  # no bare ValueError, no failure
