@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import ROOT, environment, run, write_idx_set
-from test_adapting import MY_DATA, MY_NETS, MY_NPZ_YAML, SEARCH_SPACE_YAML, SMALL_CNN_YAML, quadrant_images
+from recipes import MY_DATA, MY_NETS, MY_NPZ_YAML, SEARCH_SPACE_YAML, SMALL_CNN_YAML, quadrant_images
 
 MINE = """\
 # My data: a fixed subset of 2,000 Fashion-MNIST-shaped training images.
