@@ -37,6 +37,11 @@ def summarise_stopped_sweep() -> None:
 @exit_on_error(when_a_sweep_stops=summarise_stopped_sweep)
 def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
+    from descent.config import check_config, one_max_epochs
+
+    if cfg.resume is None:  # a bad setting in one line before Lightning loads (train checks a resumed run's)
+        one_max_epochs(cfg)
+        check_config(cfg)
     from descent.multirun import ddp_ranks_run_this_job  # here: a mistyped override fails before torch loads
     from descent.resume import GoingOn, resumed_config
     from descent.slurm import requeued

@@ -7,10 +7,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from descent.backprop import check_backprop, check_mlp
-from descent.data.base import check_sizes
 from descent.errors import DescentError, is_number, is_whole, require
 from descent.monitor import check_monitor
-from descent.noise import check_noise
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -142,3 +140,37 @@ def one_max_epochs(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if "max_epochs" in trainer and not OmegaConf.is_interpolation(trainer, "max_epochs"):
         cfg.max_epochs = trainer.max_epochs
+
+
+def is_sample_count(value: object) -> bool:
+    """A positive int, or `full`: what `batch_size` and `chunk_size` accept."""
+    return value == "full" or (is_whole(value) and value >= 1)
+
+
+def check_sizes(batch_size: object, chunk_size: object, val_size: object, train_size: object) -> None:
+    """The one check of the data's sizes, before any data is loaded (descent.config, and `ImageData` built
+    directly); `setup` checks them against the set's size once it is loaded."""
+    require(
+        is_sample_count(batch_size),
+        f"batch_size={batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
+    )
+    require(
+        is_sample_count(chunk_size),
+        f"chunk_size={chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
+    )
+    require(
+        is_whole(val_size) and val_size >= 1,
+        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
+    )
+    require(
+        train_size is None or (is_whole(train_size) and train_size >= 1),
+        f"data.train_size={train_size!r} is not allowed: give a whole number of samples, at least 1, or null for "
+        "all of them",
+    )
+
+
+def check_noise(batch_size: object, samples: object) -> None:
+    """The one check of noise.batch_size and noise.samples: before data loads (descent.config) and where they
+    enter (`GradientNoise`); the batch size against N once the data is loaded."""
+    for key, value in (("batch_size", batch_size), ("samples", samples)):
+        require(is_whole(value) and value >= 1, f"noise.{key}={value!r} is not allowed: give a positive whole number")

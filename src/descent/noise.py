@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from descent import results
-from descent.errors import is_whole, require
+from descent.config import check_noise
+from descent.errors import require
 from descent.measurement import EpochMeasurement, gradient
 
 if TYPE_CHECKING:
@@ -39,13 +40,6 @@ def draws(seed: int, epoch: int, n: int, batch_size: int, samples: int) -> list[
     generator = torch.Generator().manual_seed(STREAM + seed * 1_000_003 + epoch)
     # Sorted: a streamed set reads its rows in file order; the sum over them is the same in any order.
     return [torch.randperm(n, generator=generator)[:batch_size].sort().values for _ in range(samples)]
-
-
-def check_noise(batch_size: object, samples: object) -> None:
-    """The one check of noise.batch_size and noise.samples: before data loads (descent.config) and where they
-    enter (`GradientNoise`); the batch size against N once the data is loaded."""
-    for key, value in (("batch_size", batch_size), ("samples", samples)):
-        require(is_whole(value) and value >= 1, f"noise.{key}={value!r} is not allowed: give a positive whole number")
 
 
 class GradientNoise(EpochMeasurement):

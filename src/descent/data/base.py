@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
 from descent import monitor
+from descent.config import check_sizes
 from descent.data.steps import Chunks, Images, Index, Plan, Steps, rows, set_chunks
 from descent.errors import is_whole, require
 
@@ -107,35 +108,8 @@ def augmentation(augment: Mapping[str, Any] | bool | None) -> "Augment | None":
     return Augment(**augment)
 
 
-def is_sample_count(value: object) -> bool:
-    """A positive int, or `full`: what `batch_size` and `chunk_size` accept."""
-    return value == "full" or (is_whole(value) and value >= 1)
-
-
-def check_sizes(batch_size: object, chunk_size: object, val_size: object, train_size: object) -> None:
-    """The one check of the data's sizes, before any data is loaded (descent.config, and `ImageData` built
-    directly); `setup` checks them against the set's size once it is loaded."""
-    require(
-        is_sample_count(batch_size),
-        f"batch_size={batch_size!r} is not allowed: give a positive number of samples per step, or batch_size=full",
-    )
-    require(
-        is_sample_count(chunk_size),
-        f"chunk_size={chunk_size!r} is not allowed: give a positive number of samples, or chunk_size=full",
-    )
-    require(
-        is_whole(val_size) and val_size >= 1,
-        f"data.val_size={val_size!r} is not allowed: give a whole number of samples, at least 1",
-    )
-    require(
-        train_size is None or (is_whole(train_size) and train_size >= 1),
-        f"data.train_size={train_size!r} is not allowed: give a whole number of samples, at least 1, or null for "
-        "all of them",
-    )
-
-
 def parse_size(value: int | str, n: int, key: str) -> int:
-    """A sample count checked by `check_sizes`: an int up to `n`, or `full` for all `n`."""
+    """A sample count checked by `descent.config.check_sizes`: an int up to `n`, or `full` for all `n`."""
     if value == "full":
         return n
     require(
