@@ -3,6 +3,7 @@ command line itself is tested (exit codes, one-line errors, Hydra's sweeps and l
 process (`train(cfg)`, `evaluate(cfg)`, `check_arguments`) where a subprocess would add only its start-up."""
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
@@ -50,9 +51,11 @@ def test_readme_command_trains_writes_tensorboard_events_and_says_each_thing_onc
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(idx_dir: Path, tmp_path: Path) -> None:
+def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(
+    idx_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A float64 run (trained in this process) evaluated by src/eval.py in float64 (its figures to the last digits),
-    and nothing but its one line said; in another precision when asked, which it says."""
+    and nothing but its one line said; in another precision when asked (in this process), which it says."""
     cfg = compose_train_small(
         *small(idx_dir), "logger=none", "trainer.precision=64-true", idx_dir=idx_dir, run_dir=tmp_path / "train"
     )
@@ -66,9 +69,9 @@ def test_eval_reproduces_the_test_figures_of_a_checkpoint_in_its_precision(idx_d
     assert done.stderr == ""  # no warnings of Lightning's about callbacks or checkpoint dirs
     said = [line.split(" - ", 1)[1] for line in done.stdout.splitlines()]
     assert said[-1].startswith(f"{ckpt}: test loss") and not any("precision" in line for line in said)
-    done = run("src/eval.py", f"ckpt_path={ckpt}", "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'e32'}")
-    assert done.returncode == 0, done.stderr
-    assert "evaluating in trainer.precision=32-true; the run trained in 64-true" in done.stdout
+    caplog.set_level(logging.INFO)
+    evaluate(compose_eval(f"ckpt_path={ckpt}", "trainer.precision=32-true", f"run_dir={tmp_path / 'e32'}"))
+    assert "evaluating in trainer.precision=32-true; the run trained in 64-true" in caplog.messages
 
 
 @pytest.mark.slow

@@ -1,16 +1,16 @@
 """docs/your_own_measurement.md followed as written: its two files, taken from the page's text, added to a copy of
 the project, and a run that measures with them; and descent's base, which restores the module's mode."""
 
-import json
+import logging
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, environment, scalars, small
+from helpers import ROOT, scalars, small
+from hydra import compose, initialize_config_dir
 
 from descent.measurement import EpochMeasurement, evaluating
 from descent.sweep import write_summary
@@ -27,27 +27,29 @@ def recipe_files() -> dict[str, str]:
     return {path: body for path, body in blocks}
 
 
-@pytest.mark.slow
-def test_the_pages_measurement_is_one_file_and_one_yaml_and_reaches_every_output(idx_dir: Path, tmp_path) -> None:
+def test_the_pages_measurement_is_one_file_and_one_yaml_and_reaches_every_output(
+    idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page's files added to a copy of conf/ and src/ (src/ importable, as `python src/train.py` there makes
+    it), and its run composed from that conf/ and trained in-process: the command line would add only its start-up."""
     files = recipe_files()
     assert sorted(files) == ["conf/callbacks/dead_relus.yaml", "src/dead_relus.py"]
     project = tmp_path / "project"
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    (project / "src").mkdir(parents=True)
     shutil.copytree(ROOT / "conf", project / "conf")
     for path, body in files.items():
         (project / path).write_text(body)
+    monkeypatch.syspath_prepend(str(project / "src"))
+    monkeypatch.delitem(sys.modules, "dead_relus", raising=False)
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "src/train.py", *small(idx_dir), "callbacks=dead_relus", "logger=[csv,tensorboard]",
-         f"hydra.run.dir={run_dir}"],
-        cwd=project, capture_output=True, text=True, timeout=300, env=environment(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    with initialize_config_dir(config_dir=str(project / "conf"), version_base="1.3"):
+        cfg = compose("train", [*small(idx_dir), "trainer=cpu", "callbacks=dead_relus", "logger=[csv,tensorboard]",
+                                f"run_dir={run_dir}"])  # fmt: skip
+    caplog.set_level(logging.INFO)
+    history = train(cfg)["history"]
     fractions = [row["relu/dead_fraction"] for row in history]
     assert len(fractions) == 2 and all(0 <= f <= 1 for f in fractions)
-    said = done.stdout + done.stderr
-    assert f"epoch 2 measured: relu/dead_fraction {fractions[1]:.4g}" in said
+    assert f"epoch 2 measured: relu/dead_fraction {fractions[1]:.4g}" in caplog.messages  # the console's line
     assert "relu/dead_fraction" in (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert scalars(run_dir)["relu/dead_fraction"] == pytest.approx(fractions, abs=1e-7)
     write_summary(tmp_path)  # the run as a sweep's one job: its summary has the figure's column

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import events, finish, once_per_session, start, wait_for
+from helpers import compose_train, events, finish, once_per_session, start, wait_for
 
 from descent.checkpoints import load
 from descent.resume import newest_checkpoint, resumed_config
@@ -139,10 +139,10 @@ SLOW_EPOCHS = ["data=synthetic", "data.num_train=12000", "data.val_size=500", "b
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run dir of SLOW_EPOCHS never stopped, started as the stopped runs are (src/train.py, one thread): what
-    each of them must end as. One run for the session (helpers.once_per_session)."""
+    """The run dir of SLOW_EPOCHS never stopped, trained in this process on one thread as the stopped runs'
+    subprocesses are: what each of them must end as. One run for the session (helpers.once_per_session)."""
     return once_per_session(
-        tmp_path_factory, "straight", lambda run_dir: finish(start(*SLOW_EPOCHS, f"hydra.run.dir={run_dir}"))
+        tmp_path_factory, "straight", lambda run_dir: train(compose_train(*SLOW_EPOCHS, f"run_dir={run_dir}"))
     )
 
 
