@@ -178,16 +178,15 @@ def misclassified_grid(x: Tensor, predicted: Tensor, true: Tensor, info: tuple[t
     columns, (h, w) = 8, shape[1:]
     rows = max(1, -(-len(true) // columns))
     cell_h, cell_w = h + h // 2, w + max(2, w // 14)  # room above each image for its two lines, a gap beside it
+    corners = [((i // columns) * cell_h + h // 2, (i % columns) * cell_w) for i in range(len(true))]
     canvas = torch.ones(rows * cell_h, columns * cell_w, *([shape[0]] if shape[0] > 1 else []))  # white
-    for i in range(len(true)):
-        top, left = (i // columns) * cell_h + h // 2, (i % columns) * cell_w
+    for i, (top, left) in enumerate(corners):
         canvas[top : top + h, left : left + w] = to_image(x[i], shape)
     figure = Figure(figsize=(2 * columns, 2 * columns * canvas.shape[0] / canvas.shape[1]))
     ax = figure.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    for i in range(len(true)):
-        top, left = (i // columns) * cell_h + h // 2, (i % columns) * cell_w
+    for i, (top, left) in enumerate(corners):
         label = f"pred {names[predicted[i]]}\ntrue {names[true[i]]}"
         ax.text(left + w / 2, top - 0.5, label, ha="center", va="bottom", fontsize=8)
     if len(true) == 0:
