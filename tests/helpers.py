@@ -299,7 +299,7 @@ def serving(command: list[str], ready_url: str) -> Iterator[None]:
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
-                time.sleep(1)
+                time.sleep(0.2)
         yield
     finally:
         os.killpg(server.pid, signal.SIGTERM)
