@@ -30,12 +30,9 @@ class TrialReports(Callback):
             return
         import optuna
 
-        study = optuna.load_study(
-            study_name=self.study_name,
-            storage=open_storage(self.storage),
-            pruner=build_pruner(self.pruner),
-        )
-        state = study._storage.get_trial(self.id).state
+        storage = open_storage(self.storage)
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=build_pruner(self.pruner))
+        state = storage.get_trial(self.id).state
         if state != optuna.trial.TrialState.RUNNING:  # a finished trial's run extended by hand (resume=<its dir>)
             log.info("trial %d of study %s is %s: this run goes on without reporting to it", self.number,
                      self.study_name, state.name)  # fmt: skip
