@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from helpers import EXACT, compose_train_small
+from helpers import EXACT, NETS, compose_train_small
 
 METRICS = "metrics=[macro_f1,per_class_acc,calibration_error,top2_acc]"
 CURVATURE_DATA = ["data=synthetic", "data.image_shape=[1,4,4]", "data.num_train=300", "data.num_test=50",
@@ -22,9 +22,9 @@ CURVATURE_DATA = ["data=synthetic", "data.image_shape=[1,4,4]", "data.num_train=
 
 DDP_RUNS: dict[str, list[str]] = {
     # test_gd_exact: each rank sums its chunks' losses; dividing by N/2 and DDP's mean give the global mean.
-    "gd_mlp": [*EXACT, "chunk_size=33", "model=mlp"],
-    "gd_cnn": [*EXACT, "chunk_size=33", "model=cnn"],
-    "gd_resnet": [*EXACT, "chunk_size=33", "model=resnet"],
+    "gd_mlp": [*EXACT, "chunk_size=33", *NETS["mlp"]],
+    "gd_cnn": [*EXACT, "chunk_size=33", *NETS["cnn"]],
+    "gd_resnet": [*EXACT, "chunk_size=33", *NETS["resnet"]],
     # test_backprop: DDP's hooks see no autograd backward; the module averages the ranks' gradients itself.
     "gd_manual_backprop": [*EXACT, "chunk_size=33", "model.backprop=manual"],
     # test_batchnorm: chunks of 33, one ghost group of 32 each, the figures of one process in one chunk.

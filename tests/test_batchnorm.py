@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import refusal
+from helpers import NETS, refusal
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -21,7 +21,6 @@ from descent.nets import ResNet
 from descent.training import build, train
 
 FLOAT64 = ["trainer.precision=64-true", "logger=none"]
-SMALL_RESNET = ["model=resnet", "model.net.width=4"]
 
 
 class BatchNormMLP(nn.Sequential):
@@ -100,7 +99,7 @@ def test_sgd_figures_do_not_depend_on_chunk_size(make_cfg, tmp_path: Path, net: 
     for chunk_size in (7, 64, 499, "full"):
         run_dir = tmp_path / f"chunks-{chunk_size}"
         overrides = [*FLOAT64, "max_epochs=1", "batch_size=128", f"chunk_size={chunk_size}"]
-        cfg = make_cfg(*overrides, *(SMALL_RESNET if net == "resnet" else ["model=mlp"]), run_dir=run_dir)
+        cfg = make_cfg(*overrides, *NETS["resnet" if net == "resnet" else "mlp"], run_dir=run_dir)
         if net == "user":
             cfg.model.net = {"_target_": "test_batchnorm.BatchNormMLP", "hidden": [32, 16]}
         results.append(final_figures(train(cfg)))
@@ -128,7 +127,7 @@ def stem_output_at_last_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[dict
 def test_statistics_are_those_of_the_whole_training_set_at_the_evaluated_weights(make_cfg, tmp_path: Path) -> None:
     """The first BatchNorm's input is the stem's output: its recomputed running mean and variance are the mean and
     unbiased variance of that output over every training sample, with the weights of the evaluated epoch."""
-    cfg = make_cfg(*FLOAT64, *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
+    cfg = make_cfg(*FLOAT64, *NETS["resnet"], "max_epochs=2", "chunk_size=64")
     train(cfg)
     state, out = stem_output_at_last_checkpoint(cfg, tmp_path / "run")
     torch.testing.assert_close(state["net.blocks.0.bn1.running_mean"], out.mean((0, 2, 3)), rtol=0, atol=1e-10)
@@ -141,7 +140,7 @@ def test_under_bfloat16_autocast_the_statistics_are_those_of_the_training_set_to
 ) -> None:
     """experiment=fashion_mnist_resnet trains under trainer.precision=bf16-mixed: the stem's output is bfloat16
     there (about 3 significant digits), and the recomputed statistics still match float64's to that precision."""
-    cfg = make_cfg("logger=none", "trainer.precision=bf16-mixed", *SMALL_RESNET, "max_epochs=2", "chunk_size=64")
+    cfg = make_cfg("logger=none", "trainer.precision=bf16-mixed", *NETS["resnet"], "max_epochs=2", "chunk_size=64")
     result = train(cfg)
     assert result["history"][1]["train/loss"] < result["history"][0]["train/loss"]
     state, out = stem_output_at_last_checkpoint(cfg, tmp_path / "run")
@@ -155,7 +154,7 @@ def test_under_bfloat16_autocast_the_statistics_are_those_of_the_training_set_to
 def test_the_resnet_trains_with_sgd_gd_and_lbfgs(make_cfg, optimizer: str) -> None:
     """Two epochs on the small learnable set: the training loss falls, every figure is finite."""
     lr = {"sgd": ["optimizer.lr=0.05", "batch_size=32"], "gd": ["optimizer.lr=0.5"], "lbfgs": []}[optimizer]
-    result = train(make_cfg("logger=none", *SMALL_RESNET, f"optimizer={optimizer}", *lr, "max_epochs=2"))
+    result = train(make_cfg("logger=none", *NETS["resnet"], f"optimizer={optimizer}", *lr, "max_epochs=2"))
     losses = [row["train/loss"] for row in result["history"]]
     assert losses[1] < losses[0], losses
 

@@ -39,6 +39,7 @@ def test_readme_command_trains_writes_tensorboard_events_and_says_each_thing_onc
         assert not [line for line in said if absent in line], absent
     assert len(said) == len(set(said)), "a line said twice"
     assert [line.split()[0] for line in said if line.startswith("epoch ")] == ["epoch", "epoch"]  # one a epoch
+    assert "Epoch 1/2" not in done.stdout + done.stderr  # no progress bar: the output is not a terminal
     assert said[0].startswith("MNIST: 600 training and 200 test images") or "FashionMNIST: 600" in said[0]
     assert any(line.startswith("memory on cpu:") for line in said)
     assert "final (epoch 2)" in done.stderr + done.stdout

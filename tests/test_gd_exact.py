@@ -4,20 +4,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXACT, assert_same, trained_step
+from helpers import EXACT, NETS, assert_same, trained_step
 
 from descent.training import train
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", pytest.param("resnet", marks=pytest.mark.slow)])  # ResNet: seconds
+@pytest.mark.parametrize("model", ["mlp", "cnn", pytest.param("resnet", marks=pytest.mark.slow)])  # ResNet: 1-2 s
 @pytest.mark.parametrize("chunk_size", [7, 64, 499, "full"])
 def test_one_gd_step_in_chunks_equals_one_step_on_all_the_data(
     make_cfg, reference, tmp_path: Path, chunk_size, model
 ) -> None:
     """N = 500: 7 and 64 do not divide it, so the last chunk is smaller and must weigh less."""
-    result = train(make_cfg(*EXACT, f"chunk_size={chunk_size}", f"model={model}"))
+    result = train(make_cfg(*EXACT, f"chunk_size={chunk_size}", *NETS[model]))
     assert result["final"]["progress/steps"] == 1
-    assert_same(trained_step(tmp_path / "run"), reference(f"model={model}"))
+    assert_same(trained_step(tmp_path / "run"), reference(*NETS[model]))
 
 
 @pytest.mark.parametrize("chunk_size", [7, "full"])
@@ -38,7 +38,7 @@ def test_one_gd_step_under_ddp_on_two_processes_equals_one_step_on_all_the_data(
 ) -> None:
     """Each of 2 gloo ranks sums its chunks' losses (chunks of 33); dividing by N/2 and DDP's mean give the global
     mean. The run is ddp_runs.DDP_RUNS[f"gd_{model}"], trained in the suite's one DDP process group."""
-    assert_same(trained_step(ddp_runs[f"gd_{model}"]), reference(f"model={model}"))
+    assert_same(trained_step(ddp_runs[f"gd_{model}"]), reference(*NETS[model]))
 
 
 @pytest.mark.slow
