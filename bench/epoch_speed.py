@@ -23,6 +23,8 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
         `extra`: (a - b) / steps, descent's extra milliseconds per step, for each network
   l_64, l_16  the plain loop's step in a bare LightningModule (manual optimization, batches sliced beforehand, no
         checkpoints or bar): l - b is Lightning's own per-batch cost, a - l descent's
+  l8_16 l_16 with 8 optimizer steps in each Lightning batch: (l8 - b) / steps is Lightning's cost per step if a
+        batch held several steps, the floor of that alternative (descent keeps one step a batch)
   noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
         weights after each of its epochs, against an epoch of a
   fwd   one forward pass of the same network over the train, val and test sets (the most the evaluation should
@@ -42,6 +44,7 @@ Run: `.venv/bin/python bench/epoch_speed.py [--threads 2] [--epochs 4] [--skip-t
 """
 
 import argparse
+import itertools
 import logging
 import os
 import resource
@@ -294,43 +297,50 @@ class PlainLightningStep(lightning.LightningModule):
         super().__init__()
         self.net, self.lr, self.automatic_optimization = net, lr, False
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int) -> None:
         optimizer = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        for x, y in batch if isinstance(batch, list) else [batch]:  # several steps a batch: l8
+            loss = F.cross_entropy(self.net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 class SlicedBatches:
-    """An epoch's batches of B samples in a fresh random order, sliced as the plain loop slices them."""
+    """An epoch's batches of B samples in a fresh random order, sliced as the plain loop slices them; with
+    `steps_per_batch` > 1, Lightning's batches are lists of that many of them."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, steps_per_batch: int = 1) -> None:
+        self.x, self.y, self.batch_size, self.steps_per_batch = x, y, batch_size, steps_per_batch
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-len(self.y) // (self.batch_size * self.steps_per_batch))
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         order = torch.randperm(len(self.y))
-        for first in range(0, len(self.y), self.batch_size):
-            index = order[first : first + self.batch_size]
-            yield self.x[index], self.y[index]
+        steps = ((self.x[index], self.y[index]) for index in order.split(self.batch_size))
+        if self.steps_per_batch == 1:
+            yield from steps
+            return
+        while group := list(itertools.islice(steps, self.steps_per_batch)):
+            yield group
 
 
-def plain_lightning_epochs(cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int, name: str = "l") -> Epoch:
-    """l: `PlainLightningStep` under the bench's trainer settings (no checkpoints, no logger, no bar)."""
+def plain_lightning_epochs(
+    cfg: DictConfig, x: Tensor, y: Tensor, batch_size: int, name: str = "l", steps_per_batch: int = 1
+) -> Epoch:
+    """l: `PlainLightningStep` under the bench's trainer settings (no checkpoints, no logger, no bar); l8 the same
+    with STEPS_PER_BATCH optimizer steps in each Lightning batch."""
     model = PlainLightningStep(plain_model(cfg, x, y), cfg.optimizer.lr)
     timer = EpochSeconds()
     trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
         limit_val_batches=0, gradient_clip_val=None, gradient_clip_algorithm=None, enable_model_summary=False,
     )  # fmt: skip
-    batches = SlicedBatches(x, y, batch_size)
+    batches = SlicedBatches(x, y, batch_size, steps_per_batch)
 
     def epoch() -> dict[str, float]:
         fit_one_more_epoch(trainer, model, train_dataloaders=batches)
@@ -444,6 +454,11 @@ def measure_batch_size(
             cfg = compose_config(64, data_name, scratch, f"mlp{width}", f"model.net.hidden=[{width}]")
             variants.append(plain_loop_epochs(cfg, images.normalised(), y, steps_of, name=f"b_{width}"))
             variants.append(plain_lightning_epochs(cfg, images.normalised(), y, steps_of, name=f"l_{width}"))
+            if width == 16:
+                several = plain_lightning_epochs(
+                    cfg, images.normalised(), y, steps_of, name="l8_16", steps_per_batch=STEPS_PER_BATCH
+                )
+                variants.append(several)
             variants.append(descent_epochs_without_evaluation(cfg, shared, name=f"a_{width}"))
     if batch_size == 512:  # the augmentation's cost, on the network it is for; the two run back to back
         cnn = ("model=cnn",)
@@ -464,9 +479,14 @@ def measure_batch_size(
         per_step = [1000 * (a - b) / steps for a, b in zip(timings[f"a{net}"], timings[f"b{net}"], strict=True)]
         timings[f"extra{net}"] = per_step
         if f"l{net}" in timings:  # the extra split: Lightning's loop (l - b) and descent's own (a - l)
-            for part, (top, bottom) in {"lightning": ("l", "b"), "descent": ("a", "l")}.items():
-                pairs = zip(timings[f"{top}{net}"], timings[f"{bottom}{net}"], strict=True)
-                timings[f"extra{net} {part}"] = [1000 * (t - u) / steps for t, u in pairs]
+            for part, (top, bottom) in {
+                "lightning": ("l", "b"),
+                "descent": ("a", "l"),
+                "lightning8": ("l8", "b"),
+            }.items():
+                if f"{top}{net}" in timings:
+                    pairs = zip(timings[f"{top}{net}"], timings[f"{bottom}{net}"], strict=True)
+                    timings[f"extra{net} {part}"] = [1000 * (t - u) / steps for t, u in pairs]
     print(f"  B={batch_size}: {time.perf_counter() - started:.0f} s", flush=True)
     return timings
 
@@ -489,6 +509,7 @@ ROWS = {
     "a_16": "a_16  descent, MLP 784-16-10, evaluation off",
     "b_16": "b_16  plain loop, MLP 784-16-10",
     "l_16": "l_16  the plain step in a LightningModule, 784-16-10",
+    "l8_16": "l8_16 the same, 8 optimizer steps a Lightning batch",
     "cnn": "cnn   LeNet CNN, evaluation off",
     "cnn_aug": "cnn_aug the same, crops and flips on",
 }
@@ -520,6 +541,10 @@ RATIOS: list[tuple[str, str, str, dict[int | str, Target] | Target | None]] = [
 TINY_WIDTHS = (64, 16)
 """The small MLPs timed at B=64 beside the default one: 784-64-10 and 784-16-10."""
 
+STEPS_PER_BATCH = 8
+"""l8_16's optimizer steps in each Lightning batch: what Lightning's per-batch cost becomes per step if a batch
+held several steps (an alternative descent does not take: see docs/speed.md)."""
+
 EXTRA_ROWS = {
     "extra": "MLP 784-512-512-10",
     "extra_64": "MLP 784-64-10",
@@ -528,6 +553,7 @@ EXTRA_ROWS = {
     "extra_16": "MLP 784-16-10",
     "extra_16 lightning": "  of which Lightning's loop (l - b)",
     "extra_16 descent": "  of which descent's own (a - l)",
+    "extra_16 lightning8": "  Lightning's loop at 8 steps a batch (l8 - b)",
 }
 EXTRA_TARGET_MS = 0.25
 """descent's extra per step at B=64 (issue 31's goal)."""
