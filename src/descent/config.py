@@ -1,12 +1,13 @@
-"""Settings checked from the composed config before any data is loaded: one line naming the key, or nothing."""
+"""Settings checked from the composed config before any data is loaded: one line naming the key, or nothing.
+
+Imports no torch until the network is checked (last): a mistyped setting is refused before the training stack loads.
+"""
 
 import inspect
 
-import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from descent.backprop import check_backprop, check_mlp
 from descent.errors import DescentError, is_number, is_whole, require
 from descent.monitor import check_monitor
 
@@ -46,7 +47,6 @@ def check_config(cfg: DictConfig) -> None:
         f"scheduler.gamma={gamma!r} is not allowed: the learning rate is multiplied by it every epoch, give a "
         "positive number (below 1 to decay)",
     )
-    check_net(cfg.model)
     require(
         cfg.seed is None or (is_whole(cfg.seed) and 0 <= cfg.seed < 2**32),
         f"seed={cfg.seed!r} is not allowed: give a whole number from 0 to {2**32 - 1} (what numpy and Lightning "
@@ -92,13 +92,18 @@ def check_config(cfg: DictConfig) -> None:
         minutes is None or (is_number(minutes) and minutes > 0),
         f"progress_every_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
     )
+    check_net(cfg.model)  # imports the network's module, hence torch: after the checks that need neither
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
+        import torch
+
         require(
             torch.cuda.is_available(),
             "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu",
         )
     if accelerator == "mps":
+        import torch
+
         require(
             torch.backends.mps.is_available(),
             "trainer.accelerator=mps but this machine has no Apple MPS device: use trainer=cpu",
@@ -107,6 +112,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def check_net(model: DictConfig) -> None:
     """`model.net` names a network whose settings fit its signature and pass its own `check`, if it has one."""
+    from descent.backprop import check_backprop, check_mlp
+
     backprop = model.get("backprop", "autograd")
     check_backprop(backprop)
     net = model.get("net")
