@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CONF, ROOT, environment, run, scalars
+from helpers import CONF, ROOT, environment, refusal, run, scalars
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from recipes import (
@@ -34,6 +34,7 @@ from recipes import (
     quadrant_images,
 )
 
+from descent.config import check_config
 from descent.data.idx import read_idx
 from descent.nets import MLP
 from descent.training import train
@@ -107,7 +108,7 @@ def mlp_of(run_dir: Path, input_shape: tuple[int, ...], num_classes: int, hidden
 
 
 @pytest.mark.slow
-def test_another_network_is_a_class_and_a_model_yaml(tmp_path: Path, idx_dir: Path) -> None:
+def test_another_network_is_a_class_and_a_model_yaml(tmp_path: Path, idx_dir: Path, monkeypatch) -> None:
     root = user_copy(tmp_path, {"src/my_nets.py": MY_NETS, "conf/model/small_cnn.yaml": SMALL_CNN_YAML})
     recipe = ["src/train.py", "model=small_cnn", *on_idx(idx_dir)]
     env = environment(threads=1)
@@ -121,17 +122,12 @@ def test_another_network_is_a_class_and_a_model_yaml(tmp_path: Path, idx_dir: Pa
     assert state["net.features.0.weight"].shape == (8, 1, 3, 3)  # the recipe's CNN, at the width asked for
     assert state["net.logits.weight"].shape == (10, 8 * 7 * 7)
 
-    # Its `check` refuses a bad setting in one line before any data is looked for (the data dir does not exist).
-    refused = run(
-        *recipe,
-        "model.net.channels=0",
-        "data.data_dir=/nonexistent",
-        f"hydra.run.dir={tmp_path}/bad",
-        cwd=root,
-        env=env,
+    # Its `check` refuses a bad setting before any data is looked for (the data dir does not exist), in the one line
+    # the command line prints after `error: ` (as test_robustness's bad settings show).
+    cfg = compose_in(in_process(root, monkeypatch), *recipe[1:], "model.net.channels=0", "data.data_dir=/nonexistent")
+    assert (
+        refusal(lambda: check_config(cfg)) == "model.net.channels=0 is not allowed: give a positive number of filters"
     )
-    assert refused.returncode == 2
-    assert refused.stderr.strip() == "error: model.net.channels=0 is not allowed: give a positive number of filters"
 
 
 def test_a_network_s_search_space_is_found_by_the_model_name(tmp_path: Path) -> None:
