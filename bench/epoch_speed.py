@@ -21,8 +21,9 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
   a_64, a_16, b_64, b_16  at B=64, a and b with the small MLPs 784-64-10 and 784-16-10, whose steps are cheap:
         where descent's fixed cost per step weighs most (on a GPU, every small network's step is that cheap).
         `extra`: (a - b) / steps, descent's extra milliseconds per step, for each network
-  l_64, l_16  the plain loop's step in a bare LightningModule (manual optimization, batches sliced beforehand, no
-        checkpoints or bar): l - b is Lightning's own per-batch cost, a - l descent's
+  l, l_16  at B=64, the plain loop's step in a bare LightningModule (manual optimization, batches sliced beforehand,
+        no checkpoints or bar), for the default MLP and 784-16-10: l - b is Lightning's own per-batch cost, a - l
+        descent's
   l8_16 l_16 with 8 optimizer steps in each Lightning batch: (l8 - b) / steps is Lightning's cost per step if a
         batch held several steps, the floor of that alternative (descent keeps one step a batch)
   noise one gradient-noise measurement (noise.enabled=true: the full gradient and 16 minibatches of 64) at a_on's
@@ -439,11 +440,12 @@ def measure_batch_size(
     cfg_off = compose_config(batch_size, data_name, scratch, f"{label}-off")
     images, y = shared.sets["train"]
     steps_of = len(y) if batch_size == "full" else int(batch_size)
-    # Neighbours run back to back (see interleaved_epoch_seconds): a_bar and b, b and a, a and a_on, a_on and c;
-    # fwd runs inside a_on.
+    # Neighbours run back to back (see interleaved_epoch_seconds): a_bar and b, b and l (B=64 only) or a, l and a,
+    # a and a_on, a_on and c; fwd runs inside a_on.
     variants = [
         descent_epochs_without_evaluation(cfg_off, shared, progress_bar=True, name="a_bar"),
         plain_loop_epochs(cfg_off, images.normalised(), y, steps_of),
+        *([plain_lightning_epochs(cfg_off, images.normalised(), y, steps_of)] if batch_size == 64 else []),
         descent_epochs_without_evaluation(cfg_off, shared),
         descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared)),
     ]
@@ -453,8 +455,8 @@ def measure_batch_size(
         for width in TINY_WIDTHS:
             cfg = compose_config(64, data_name, scratch, f"mlp{width}", f"model.net.hidden=[{width}]")
             variants.append(plain_loop_epochs(cfg, images.normalised(), y, steps_of, name=f"b_{width}"))
-            variants.append(plain_lightning_epochs(cfg, images.normalised(), y, steps_of, name=f"l_{width}"))
-            if width == 16:
+            if width == 16:  # the split of the extra for the cheapest step (the default MLP's is split above)
+                variants.append(plain_lightning_epochs(cfg, images.normalised(), y, steps_of, name=f"l_{width}"))
                 several = plain_lightning_epochs(
                     cfg, images.normalised(), y, steps_of, name="l8_16", steps_per_batch=STEPS_PER_BATCH
                 )
@@ -498,6 +500,7 @@ ROWS = {
     "a_on train": "        of which training (time/train_s)",
     "a_on validation": "        of which the validation loop",
     "b": "b     plain PyTorch loop",
+    "l": "l     the plain step in a LightningModule",
     "c": "c     torchvision + DataLoader + default Trainer",
     "c data": "c data  its torchvision + DataLoader alone",
     "fwd": "fwd   forward pass over train+val+test",
@@ -505,7 +508,6 @@ ROWS = {
     "curv": "curv  sharpness, one measurement (20 Lanczos steps)",
     "a_64": "a_64  descent, MLP 784-64-10, evaluation off",
     "b_64": "b_64  plain loop, MLP 784-64-10",
-    "l_64": "l_64  the plain step in a LightningModule, 784-64-10",
     "a_16": "a_16  descent, MLP 784-16-10, evaluation off",
     "b_16": "b_16  plain loop, MLP 784-16-10",
     "l_16": "l_16  the plain step in a LightningModule, 784-16-10",
@@ -547,9 +549,9 @@ held several steps (an alternative descent does not take: see docs/speed.md)."""
 
 EXTRA_ROWS = {
     "extra": "MLP 784-512-512-10",
+    "extra lightning": "  of which Lightning's loop (l - b)",
+    "extra descent": "  of which descent's own (a - l)",
     "extra_64": "MLP 784-64-10",
-    "extra_64 lightning": "  of which Lightning's loop (l - b)",
-    "extra_64 descent": "  of which descent's own (a - l)",
     "extra_16": "MLP 784-16-10",
     "extra_16 lightning": "  of which Lightning's loop (l - b)",
     "extra_16 descent": "  of which descent's own (a - l)",
