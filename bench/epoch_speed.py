@@ -17,7 +17,8 @@ installed, else synthetic data of the same shape), the same MLP (784-512-512-10)
   cnn   at B=512, a with the LeNet CNN (model=cnn), and cnn_aug the same with data.augment={crop_padding: 2,
         flip: true}: what the crops and flips cost
   curv  one sharpness measurement (curvature.enabled=true, 20 Lanczos steps: 20 Hessian-vector products over the
-        training set) at a_on's weights, once per B (after the warm-up round): it is as long as several epochs
+        training set) at a_on's weights, once in the whole bench (after the first B's warm-up round): it is as long
+        as several epochs, and the same work at every B (the whole training set, in the evaluation's chunks)
   a_64, a_16, b_64, b_16  at B=64, a and b with the small MLPs 784-64-10 and 784-16-10, whose steps are cheap:
         where descent's fixed cost per step weighs most (on a GPU, every small network's step is that cheap).
         `extra`: (a - b) / steps, descent's extra milliseconds per step, for each network
@@ -162,7 +163,9 @@ def fit_one_more_epoch(trainer: lightning.Trainer, model: lightning.LightningMod
     trainer.fit(model, **data)
 
 
-def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_pass: Callable[[], float]) -> Epoch:
+def descent_epochs_with_evaluation(
+    cfg: DictConfig, shared: ImageData, forward_pass: Callable[[], float], sharpness: bool
+) -> Epoch:
     """a_on: `build` + `build_trainer` as `train(cfg)` calls them, with the full evaluation and checkpoints; fwd
     right before and right after each validation loop (the mean of the two)."""
     lightning.seed_everything(SEED, verbose=False)
@@ -186,7 +189,7 @@ def descent_epochs_with_evaluation(cfg: DictConfig, shared: ImageData, forward_p
             noise.measure(trainer, model)  # what noise.enabled=true adds to each epoch, at these weights
         noise_s = time.perf_counter() - start
         curv: dict[str, float] = {}
-        if calls == 2:  # once, after the warm-up: 20 Hessian-vector products cost about a minute at every B
+        if sharpness and calls == 2:  # once, after the warm-up
             start = time.perf_counter()
             with evaluating(model):  # what curvature.enabled=true adds, the same way
                 top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)
@@ -432,7 +435,13 @@ def interleaved_epoch_seconds(variants: list[Epoch], epochs: int) -> dict[str, l
 
 
 def measure_batch_size(
-    batch_size: int | str, shared: ImageData, data_name: str, scratch: Path, epochs: int, with_torchvision: bool
+    batch_size: int | str,
+    shared: ImageData,
+    data_name: str,
+    scratch: Path,
+    epochs: int,
+    with_torchvision: bool,
+    with_sharpness: bool,
 ) -> dict[str, list[float]]:
     """Seconds of each timed epoch of every variant at one B (`full`: descent's optimizer=gd)."""
     label = "gd" if batch_size == "full" else f"b{batch_size}"
@@ -447,7 +456,7 @@ def measure_batch_size(
         plain_loop_epochs(cfg_off, images.normalised(), y, steps_of),
         *([plain_lightning_epochs(cfg_off, images.normalised(), y, steps_of)] if batch_size == 64 else []),
         descent_epochs_without_evaluation(cfg_off, shared),
-        descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared)),
+        descent_epochs_with_evaluation(cfg_on, shared, evaluation_forward_pass(cfg_off, shared), with_sharpness),
     ]
     if with_torchvision:
         variants.append(torchvision_pipeline_epochs(cfg_off, shared, scratch, steps_of))
@@ -645,8 +654,11 @@ def main() -> None:
         shared, data_name = load_shared_data(scratch)
         n_train = len(shared.sets["train"][1])
         print(f"measuring {args.batch_sizes} on {data_name} ({n_train} training samples)", flush=True)
+        first = args.batch_sizes[0]  # the sharpness is measured once, at the first B
         results = {
-            b: measure_batch_size(b, shared, data_name, scratch, args.epochs, b == 64 and not args.skip_torchvision)
+            b: measure_batch_size(
+                b, shared, data_name, scratch, args.epochs, b == 64 and not args.skip_torchvision, b == first
+            )
             for b in args.batch_sizes
         }
         model = compose_config(64, data_name, scratch, "header").model
