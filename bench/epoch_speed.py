@@ -164,10 +164,11 @@ def fit_one_more_epoch(trainer: lightning.Trainer, model: lightning.LightningMod
 
 
 def descent_epochs_with_evaluation(
-    cfg: DictConfig, shared: ImageData, forward_pass: Callable[[], float], sharpness: bool
+    cfg: DictConfig, shared: ImageData, forward_pass: Callable[[], float], with_sharpness: bool
 ) -> Epoch:
     """a_on: `build` + `build_trainer` as `train(cfg)` calls them, with the full evaluation and checkpoints; fwd
-    right before and right after each validation loop (the mean of the two)."""
+    right before and right after each validation loop (the mean of the two); noise after each epoch; with
+    `with_sharpness`, curv once, after the warm-up epoch."""
     lightning.seed_everything(SEED, verbose=False)
     data, model = build(cfg)
     data.sets = shared.sets  # the very tensors the other variants use (the same values; one copy in memory)
@@ -189,7 +190,7 @@ def descent_epochs_with_evaluation(
             noise.measure(trainer, model)  # what noise.enabled=true adds to each epoch, at these weights
         noise_s = time.perf_counter() - start
         curv: dict[str, float] = {}
-        if sharpness and calls == 2:  # once, after the warm-up
+        if with_sharpness and calls == 2:  # once, after the warm-up
             start = time.perf_counter()
             with evaluating(model):  # what curvature.enabled=true adds, the same way
                 top_eigenvalues(model, 1, SHARPNESS_ITERATIONS, seed=0)
