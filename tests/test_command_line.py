@@ -98,6 +98,14 @@ REFUSED = [
     ),
     (["-m", "model=mlp,cnm"], "model=cnm is not an option of model: choose one of cnn, mlp, resnet"),
     (["callbacks=[early_stopping,nope]"], "callbacks=nope is not an option of callbacks: choose one of"),
+    (
+        ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=medain"],
+        "hydra/sweeper/pruner=medain is not an option of hydra/sweeper/pruner: choose one of hyperband, median, none,",
+    ),
+    (
+        ["-m", "hydra/launcher=submitit_locl"],
+        "hydra/launcher=submitit_locl is not an option of hydra/launcher: choose one of basic, slurm, submitit_local,",
+    ),
 ]
 
 
@@ -125,6 +133,8 @@ ACCEPTED = [
     ["model.loss._target_=torch.nn.functional.cross_entropy", "++model.loss._partial_=true", "~model.loss.reduction"],
     ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.amsgrad=true"],
     ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
+    ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=median", "hydra/launcher=submitit_local"],
+    ["hydra/job_logging=disabled"],  # Hydra's own options of its own groups
     ["--help", "+max_epoch=1"],  # help is printed whatever follows
 ]
 

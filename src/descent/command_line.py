@@ -21,6 +21,9 @@ from typing import Any
 from descent.command_keys import CommandLine, Configs, check_key, given_targets
 from descent.errors import require
 
+HYDRAS_OWN = " and those Hydra and its plugins add"
+"""Where a `hydra/` group's other options come from (`hydra/launcher=basic`, `submitit_local`)."""
+
 MOST_COMPOSED = 8
 """Group-choice combinations of a sweep composed in full; beyond it each group's choices are tried one at a time."""
 
@@ -52,7 +55,12 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
     subgroups: dict[str, list[str]] = {}  # of each parent group ("" for the top): listed once, not per override
     groups = [o for o in ours if is_group(loader, name, searchpath, o.key_or_group, subgroups)]
     keys = [o for o in ours if o not in groups]
-    for override in groups:
+    hydras = [  # hydra/sweeper/pruner=, hydra/launcher=
+        o
+        for o in overrides
+        if o.key_or_group.startswith("hydra/") and is_group(loader, name, searchpath, o.key_or_group, subgroups)
+    ]
+    for override in [*groups, *hydras]:
         check_group_option(loader, name, searchpath, override)
     if not keys:
         return  # nothing to look up: no config composed, no time spent
@@ -123,7 +131,7 @@ def check_group_option(loader: Any, config_name: str, searchpath: list[str], ove
             require(
                 str(option) in options,
                 f"{group}={option} is not an option of {group}: choose one of {', '.join(options)} "
-                f"(the files in conf/{group}/)",
+                f"(the files in conf/{group}/{HYDRAS_OWN if group.startswith('hydra/') else ''})",
             )
 
 
