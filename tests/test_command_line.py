@@ -102,6 +102,7 @@ REFUSED = [
         ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=medain"],
         "hydra/sweeper/pruner=medain is not an option of hydra/sweeper/pruner: choose one of hyperband, median, none,",
     ),
+    (["-m", "--cfg", "job", "optimizer=sgd"], "-m and --cfg cannot be given together: Hydra does one of them"),
     (
         ["-m", "hydra/launcher=submitit_locl"],
         "hydra/launcher=submitit_locl is not an option of hydra/launcher: choose one of basic, slurm, submitit_local,",
@@ -135,6 +136,7 @@ ACCEPTED = [
     ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
     ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=median", "hydra/launcher=submitit_local"],
     ["hydra/job_logging=disabled"],  # Hydra's own options of its own groups
+    ["--cfg", "job", "optimizer=sgd"],
     ["--help", "+max_epoch=1"],  # help is printed whatever follows
 ]
 
