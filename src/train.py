@@ -58,9 +58,10 @@ def main(cfg: DictConfig) -> float:
 
 @exit_on_error
 def check_command_line() -> None:
-    """Mistyped keys and options in one line; `resume=<sweep dir>` becomes the sweep's own command line."""
-    check_arguments(sys.argv[1:], Path(__file__), config_path="../conf", config_name="train")
+    """`resume=<sweep dir>` becomes the sweep's own command line; then mistyped keys and options in one line (a
+    sweep's `hydra.sweeper.*` and `hydra.launcher.*` are those of the sweeper and launcher it chose)."""
     sys.argv[1:] = sweep_going_on(sys.argv[1:]) or sys.argv[1:]
+    check_arguments(sys.argv[1:], Path(__file__), config_path="../conf", config_name="train")
 
 
 if __name__ == "__main__":

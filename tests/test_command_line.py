@@ -104,6 +104,16 @@ REFUSED = [
     ),
     (["-m", "--cfg", "job", "optimizer=sgd"], "-m and --cfg cannot be given together: Hydra does one of them"),
     (
+        ["-m", "hparams_search=optuna", "hydra.sweeper.n_trail=5"],
+        "hydra.sweeper.n_trail is not a setting of hydra_plugins.descent_sweepers.OptunaSweeper: did you mean "
+        "hydra.sweeper.n_trials? (python src/train.py -m hparams_search=optuna hydra.sweeper.n_trials=5)",
+    ),
+    (
+        ["-m", "hydra/launcher=submitit_local", "+hydra.launcher.cpus_per_tsk=2"],
+        "hydra.launcher.cpus_per_tsk is not a setting of hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+        "LocalLauncher: did you mean hydra.launcher.cpus_per_task?",
+    ),
+    (
         ["-m", "hydra/launcher=submitit_locl"],
         "hydra/launcher=submitit_locl is not an option of hydra/launcher: choose one of basic, slurm, submitit_local,",
     ),
@@ -135,6 +145,16 @@ ACCEPTED = [
     ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.amsgrad=true"],
     ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
     ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=median", "hydra/launcher=submitit_local"],
+    [  # the search's and the launcher's own settings; a search space's entries, whatever key they name
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=5",
+        "hydra.sweeper.sampler.seed=3",
+        "hydra.sweeper.params.optimizer.lr=interval(0.01,0.1)",
+        "+hydra.sweeper.params.seed=choice(1,2)",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=2",
+    ],
     ["hydra/job_logging=disabled"],  # Hydra's own options of its own groups
     ["--cfg", "job", "optimizer=sgd"],
     ["--help", "+max_epoch=1"],  # help is printed whatever follows

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import compose_config, free_port, options, refusal, rendered, run, serving, start, wait_for
+from helpers import ROOT, compose_config, free_port, options, refusal, rendered, run, serving, start, wait_for
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -183,6 +183,23 @@ def test_resume_of_a_sweep_dir_is_the_sweeps_own_command_and_refuses_other_setti
     assert more is not None and more[-2:] == ["hydra.sweeper.n_trials=40", "hydra.launcher.timeout_min=60"]
 
 
+def test_a_search_going_on_takes_its_sweepers_and_launchers_settings_and_refuses_their_typos(tmp_path: Path) -> None:
+    """src/train.py checks the command `resume=<sweep dir>` becomes: the sweep's own sweeper and launcher."""
+    from descent.command_line import check_arguments
+
+    own = ["hydra.mode=MULTIRUN", "hydra/launcher=submitit_local"]
+    hydra = {"overrides": {"task": ["hparams_search=optuna", "max_epochs=2"], "hydra": own}}
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), tmp_path / "multirun.yaml")
+    train_py = ROOT / "src" / "train.py"
+    going_on = sweep_going_on([f"resume={tmp_path}", "hydra.sweeper.n_trials=40", "hydra.launcher.timeout_min=60"])
+    assert going_on is not None
+    check_arguments(going_on, train_py, "../conf", "train")  # optuna's n_trials, submitit's timeout_min: taken
+    mistyped = sweep_going_on([f"resume={tmp_path}", "hydra.launcher.timeout_mn=60"])
+    assert mistyped is not None
+    message = refusal(lambda: check_arguments(mistyped, train_py, "../conf", "train"))
+    assert message.startswith("hydra.launcher.timeout_mn is not a setting of ") and "timeout_min? (" in message
+
+
 def test_a_job_dir_name_too_long_for_a_file_system_is_cut_and_stays_unique() -> None:
     long = "+".join(f"key_{i}:{'x' * 20}" for i in range(20))
     name, other = job_dir_name(long), job_dir_name(long + "y")
@@ -288,7 +305,7 @@ def test_a_search_killed_mid_trial_goes_on_from_its_study_and_the_trials_checkpo
     stopped = {trial.number: (trial.state.name, trial.intermediate_values) for trial in trials(tmp_path)}
     assert stopped[0][0] == "COMPLETE" and stopped[1][0] == "RUNNING" and 1 in stopped[1][1]
 
-    done = run("src/train.py", f"resume={tmp_path}")
+    done = run("src/train.py", f"resume={tmp_path}", "hydra.sweeper.n_trials=3")  # checked as the search's sweeper's
     assert done.returncode == 0, done.stderr
     assert f"{tmp_path}: 0 of these 1 jobs finished before (read back, not run again), 1 go on from a checkpoint" in (
         done.stdout

@@ -84,7 +84,8 @@ def find_problem(config: dict, parts: list[str], targets: dict[str, str]) -> Pro
         parameters = target_parameters(target)
         if parameters is None or part in parameters:
             return None
-        return Problem(path, target, parameters)
+        listed = {key for key in node if isinstance(key, str) and key not in HYDRA_KEYS}  # a structured config's
+        return Problem(path, target, parameters | listed)
     return None
 
 
@@ -189,7 +190,7 @@ def raise_problem(problem: Problem, override: Any, configs: Configs, command: Co
         takes = ", ".join(
             p for p in sorted(problem.parameters or ()) if f"{problem.node_path}.{p}" not in SET_BY_DESCENT
         )
-        require(False, f"{key} is not {what}, which takes {takes}: drop it ({fix})")
+        require(False, f"{key} is not {what}, which takes {takes or 'no settings'}: drop it ({fix})")
     require(False, f"{key} is not a setting ({command.program} --cfg job lists them): drop it ({fix})")
 
 
@@ -243,7 +244,8 @@ class Configs:
         except Exception:  # any failure to compose is Hydra's to report, in its own words
             return None
         tree = OmegaConf.to_container(config, resolve=False)
-        tree.pop("hydra", None)
+        hydra = tree.pop("hydra", None) or {}
+        tree["hydra"] = {key: hydra[key] for key in ("sweeper", "launcher") if key in hydra}  # the keys checked
         return tree
 
 

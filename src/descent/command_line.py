@@ -6,6 +6,9 @@ Hydra refuses `max_epoch=1` in a dozen lines that advise `+max_epoch=1`, and the
 ignores it: a mistyped key with `+` trained the defaults without a word. Here both say
 `max_epoch is not a setting: did you mean max_epochs?`.
 
+Hydra's own groups (`hydra/launcher=`) and the settings of the sweeper and launcher chosen (`hydra.sweeper.n_trials=`,
+`hydra.launcher.cpus_per_task=`) are checked the same way; Hydra checks the rest of `hydra.*` itself.
+
 The config is composed with Hydra's own loader (the search path `hydra.main` builds, `-cp`, `-cn`, `-cd` and
 `hydra.searchpath=` included) from the group choices alone; `command_keys` checks each key against it.
 """
@@ -56,7 +59,7 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         return
     name = args.config_name or config_name
     searchpath = [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]
-    ours = [o for o in overrides if not o.is_hydra_override()]
+    ours = [o for o in overrides if not o.is_hydra_override() or is_checked_hydra_key(o.key_or_group)]
     subgroups: dict[str, list[str]] = {}  # of each parent group ("" for the top): listed once, not per override
     groups = [o for o in ours if is_group(loader, name, searchpath, o.key_or_group, subgroups)]
     keys = [o for o in ours if o not in groups]
@@ -70,13 +73,20 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
     if not keys:
         return  # nothing to look up: no config composed, no time spent
     command = CommandLine(argv, script)
-    configs = composed(loader, name, searchpath, groups)
+    configs = composed(loader, name, searchpath, [*groups, *hydras])
     targets = given_targets(keys)
     for override in keys:
         check_key(override, configs, targets, command)
 
 
 # The config, composed as Hydra composes it
+
+
+def is_checked_hydra_key(key: str) -> bool:
+    """Hydra's settings checked as descent's are: the sweeper's and the launcher's (`hydra.sweeper.n_trials=`,
+    `hydra.launcher.cpus_per_task=`), not a search space's entries (`hydra.sweeper.params.<any key>=`), which name
+    keys of descent's config with dots in them."""
+    return key.startswith(("hydra.sweeper.", "hydra.launcher.")) and not key.startswith("hydra.sweeper.params.")
 
 
 def config_loader(script: Path, config_path: str, config_dir: str | None) -> Any:
