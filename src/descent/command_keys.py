@@ -84,7 +84,7 @@ def find_problem(config: dict, parts: list[str], targets: dict[str, str]) -> Pro
         parameters = target_parameters(target)
         if parameters is None or part in parameters:
             return None
-        listed = {key for key in node if isinstance(key, str) and key not in HYDRA_KEYS}  # a structured config's
+        listed = {key for key in node if isinstance(key, str) and key not in HYDRA_KEYS}  # a launcher's fields too
         return Problem(path, target, parameters | listed)
     return None
 

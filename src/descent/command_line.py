@@ -43,8 +43,13 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
             args = get_args_parser().parse_intermixed_args(argv)
         except (SystemExit, TypeError):
             return
-    modes = {"--run": args.run, "-m": args.multirun, "--cfg": args.cfg, "--info": args.info is not None}
-    modes["--shell-completion"] = args.shell_completion
+    modes = {
+        "--run": args.run,
+        "-m": args.multirun,
+        "--cfg": args.cfg,
+        "--info": args.info is not None,
+        "--shell-completion": args.shell_completion,
+    }
     given = [flag for flag, on in modes.items() if on]
     together = " and ".join(given)
     require(len(given) < 2, f"{together} cannot be given together: Hydra does one of them; give only that one")
