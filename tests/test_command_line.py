@@ -155,6 +155,7 @@ ACCEPTED = [
         "hydra/launcher=submitit_local",
         "hydra.launcher.cpus_per_task=2",
     ],
+    ["-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "+hydra.launcher.additional_parameters.account=me"],
     ["hydra/job_logging=disabled"],  # Hydra's own options of its own groups
     ["--cfg", "job", "optimizer=sgd"],
     ["--help", "+max_epoch=1"],  # help is printed whatever follows

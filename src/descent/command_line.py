@@ -87,11 +87,15 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
 # The config, composed as Hydra composes it
 
 
+CHECKED_HYDRA_NODES = ("hydra.sweeper", "hydra.sweeper.sampler", "hydra.sweeper.pruner", "hydra.launcher")
+"""The nodes of Hydra's config whose keys are checked as descent's: the sweeper's, its sampler's and pruner's and
+the launcher's settings (`hydra.sweeper.n_trials=`, `hydra.launcher.cpus_per_task=`). Not what lies deeper: a
+search space's entries (`hydra.sweeper.params.<any key of descent's>=`), a launcher's free-form options
+(`+hydra.launcher.additional_parameters.<any sbatch option>=`)."""
+
+
 def is_checked_hydra_key(key: str) -> bool:
-    """Hydra's settings checked as descent's are: the sweeper's and the launcher's (`hydra.sweeper.n_trials=`,
-    `hydra.launcher.cpus_per_task=`), not a search space's entries (`hydra.sweeper.params.<any key>=`), which name
-    keys of descent's config with dots in them."""
-    return key.startswith(("hydra.sweeper.", "hydra.launcher.")) and not key.startswith("hydra.sweeper.params.")
+    return key.rpartition(".")[0] in CHECKED_HYDRA_NODES
 
 
 def config_loader(script: Path, config_path: str, config_dir: str | None) -> Any:
