@@ -120,6 +120,26 @@ REFUSED = [
 ]
 
 
+def test_several_values_without_m_are_one_line_that_adds_it() -> None:
+    """Hydra's four lines weigh a list, a string and a sweep; a group's choice is no list."""
+    assert refusal("optimizer=gd,sgd", "seed=1") == (
+        "optimizer=gd,sgd is several values: add -m to run a job for each (python src/train.py -m optimizer=gd,sgd "
+        "seed=1)"
+    )
+    assert refusal("model.net.hidden=64,32") == (
+        "model.net.hidden=64,32 is several values: add -m to run a job for each (python src/train.py -m "
+        "model.net.hidden=64,32), or, for a list, model.net.hidden=[64,32]"
+    )
+    assert refusal("seed=range(3)") == (
+        "seed=range(3) is several values: add -m to run a job for each (python src/train.py -m 'seed=range(3)')"
+    )
+    assert refusal("--cfg", "job", "batch_size=32,64").startswith(
+        "batch_size=32,64 is several values, and --cfg shows one run's: give one value"
+    )
+    accept("model.net.hidden=[64,32]")
+    accept("-m", "model.net.hidden=64,32", "seed=range(3)")
+
+
 @pytest.mark.parametrize(("argv", "message"), REFUSED, ids=[" ".join(argv) for argv, _ in REFUSED])
 def test_an_unknown_key_is_refused_naming_the_nearest_one(argv: list[str], message: str) -> None:
     assert refusal(*argv).startswith(message)

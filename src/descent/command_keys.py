@@ -255,6 +255,9 @@ class CommandLine:
     def __init__(self, argv: list[str], script: Path) -> None:
         self.argv, self.program = argv, f"python {os.path.relpath(script)}"
 
+    def with_multirun(self) -> str:
+        return " ".join([self.program, "-m", *(shlex.quote(argument) for argument in self.argv)])
+
     def with_argument(self, old: str, new: str | None) -> str:
         """The command with `old` replaced by `new` (None: without it)."""
         index = self.argv.index(old)

@@ -73,15 +73,34 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         for o in overrides
         if o.key_or_group.startswith("hydra/") and is_group(loader, name, searchpath, o.key_or_group, subgroups)
     ]
+    command = CommandLine(argv, script)
+    if not args.multirun:
+        check_no_sweep(overrides, [*groups, *hydras], command, args.cfg is not None)
     for override in [*groups, *hydras]:
         check_group_option(loader, name, searchpath, override)
     if not keys:
         return  # nothing to look up: no config composed, no time spent
-    command = CommandLine(argv, script)
     configs = composed(loader, name, searchpath, [*groups, *hydras])
     targets = given_targets(keys)
     for override in keys:
         check_key(override, configs, targets, command)
+
+
+def check_no_sweep(overrides: list[Any], groups: list[Any], command: CommandLine, config_shown: bool) -> None:
+    """`optimizer=gd,sgd` without -m: Hydra's four lines weigh a list, a string and a sweep; here, one line (the
+    list offered for a setting, not for a group's choice)."""
+    from hydra.core.override_parser.types import ValueType
+
+    sweep = next((o for o in overrides if o.is_sweep_override()), None)
+    if sweep is None:
+        return
+    key, _, values = sweep.input_line.partition("=")
+    a_list = sweep.value_type == ValueType.SIMPLE_CHOICE_SWEEP and not any(sweep is group for group in groups)
+    one_list = f", or, for a list, {key}=[{values}]" if a_list else ""
+    if config_shown:
+        require(False, f"{sweep.input_line} is several values, and --cfg shows one run's: give one value{one_list}")
+    require(False, f"{sweep.input_line} is several values: add -m to run a job for each ({command.with_multirun()})"
+                   f"{one_list}")  # fmt: skip
 
 
 # The config, composed as Hydra composes it
