@@ -136,6 +136,9 @@ def test_several_values_without_m_are_one_line_that_adds_it() -> None:
     assert refusal("--cfg", "job", "batch_size=32,64").startswith(
         "batch_size=32,64 is several values, and --cfg shows one run's: give one value"
     )
+    assert refusal("-m", "optimizer=gd,sgd", "--help") == (  # Hydra's help composes one run: its traceback
+        "optimizer=gd,sgd is several values, and --help shows one run's: give one value"
+    )
     accept("model.net.hidden=[64,32]")
     accept("-m", "model.net.hidden=64,32", "seed=range(3)")
 

@@ -53,12 +53,15 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
     given = [flag for flag, on in modes.items() if on]
     together = " and ".join(given)
     require(len(given) < 2, f"{together} cannot be given together: Hydra does one of them; give only that one")
-    if args.help or args.hydra_help or args.info is not None or args.shell_completion:
+    if args.info is not None or args.shell_completion:
         return
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException:
         return  # bad syntax: Hydra's message shows where
+    if args.help or args.hydra_help:  # printed whatever the keys, but Hydra's help composes one run: no sweep
+        check_no_sweep(overrides, None, CommandLine(argv, script), "--help")
+        return
     loader = config_loader(script, args.config_path or config_path, args.config_dir)
     if loader is None:
         return
@@ -75,7 +78,7 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
     ]
     command = CommandLine(argv, script)
     if not args.multirun:
-        check_no_sweep(overrides, [*groups, *hydras], command, args.cfg is not None)
+        check_no_sweep(overrides, [*groups, *hydras], command, "--cfg" if args.cfg else None)
     for override in [*groups, *hydras]:
         check_group_option(loader, name, searchpath, override)
     if not keys:
@@ -86,19 +89,21 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         check_key(override, configs, targets, command)
 
 
-def check_no_sweep(overrides: list[Any], groups: list[Any], command: CommandLine, config_shown: bool) -> None:
+def check_no_sweep(overrides: list[Any], groups: list[Any] | None, command: CommandLine, shown: str | None) -> None:
     """`optimizer=gd,sgd` without -m: Hydra's four lines weigh a list, a string and a sweep; here, one line (the
-    list offered for a setting, not for a group's choice)."""
+    list offered for a setting, not for a group's choice: none where `groups` is not known). `shown`: the option
+    that shows one run's config (--cfg, --help), to which -m cannot be added."""
     from hydra.core.override_parser.types import ValueType
 
     sweep = next((o for o in overrides if o.is_sweep_override()), None)
     if sweep is None:
         return
     key, _, values = sweep.input_line.partition("=")
-    a_list = sweep.value_type == ValueType.SIMPLE_CHOICE_SWEEP and not any(sweep is group for group in groups)
+    simple = sweep.value_type == ValueType.SIMPLE_CHOICE_SWEEP
+    a_list = simple and groups is not None and not any(sweep is group for group in groups)
     one_list = f", or, for a list, {key}=[{values}]" if a_list else ""
-    if config_shown:
-        require(False, f"{sweep.input_line} is several values, and --cfg shows one run's: give one value{one_list}")
+    if shown is not None:
+        require(False, f"{sweep.input_line} is several values, and {shown} shows one run's: give one value{one_list}")
     require(False, f"{sweep.input_line} is several values: add -m to run a job for each ({command.with_multirun()})"
                    f"{one_list}")  # fmt: skip
 
