@@ -67,23 +67,24 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         return
     name = args.config_name or config_name
     searchpath = [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]
-    ours = [o for o in overrides if not o.is_hydra_override() or is_checked_hydra_key(o.key_or_group)]
     subgroups: dict[str, list[str]] = {}  # of each parent group ("" for the top): listed once, not per override
-    groups = [o for o in ours if is_group(loader, name, searchpath, o.key_or_group, subgroups)]
-    keys = [o for o in ours if o not in groups]
-    hydras = [  # hydra/sweeper/pruner=, hydra/launcher=
+    groups = [  # descent's and Hydra's own (hydra/launcher=, hydra/sweeper/pruner=)
         o
         for o in overrides
-        if o.key_or_group.startswith("hydra/") and is_group(loader, name, searchpath, o.key_or_group, subgroups)
+        if (not o.is_hydra_override() or o.key_or_group.startswith("hydra/"))
+        and is_group(loader, name, searchpath, o.key_or_group, subgroups)
+    ]
+    keys = [
+        o for o in overrides if o not in groups and (not o.is_hydra_override() or is_checked_hydra_key(o.key_or_group))
     ]
     command = CommandLine(argv, script)
     if not args.multirun:
-        check_no_sweep(overrides, [*groups, *hydras], command, "--cfg" if args.cfg else None)
-    for override in [*groups, *hydras]:
+        check_no_sweep(overrides, groups, command, "--cfg" if args.cfg else None)
+    for override in groups:
         check_group_option(loader, name, searchpath, override)
     if not keys:
         return  # nothing to look up: no config composed, no time spent
-    configs = composed(loader, name, searchpath, [*groups, *hydras])
+    configs = composed(loader, name, searchpath, groups)
     targets = given_targets(keys)
     for override in keys:
         check_key(override, configs, targets, command)
