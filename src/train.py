@@ -10,10 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 from descent import monitor  # noqa: F401  (registers ${monitor_mode:...} and ${monitor_direction:...})
 from descent.command_line import check_arguments
 from descent.errors import exit_on_error
-from descent.multirun import job_dir_name, sweep_going_on
+from descent.multirun import check_one_run, job_dir_name, sweep_going_on
 from descent.stopping import stop_before_training
 
 OmegaConf.register_new_resolver("job_dir_name", job_dir_name)  # names a sweep's job dirs (conf/train.yaml)
+TYPED: list[str] = []
+"""The arguments as typed (`resume=<sweep dir>` expanded), without what `in_its_own_run_dir` adds: what a
+one-line error shows as the command to type."""
 
 
 def in_its_own_run_dir(arguments: list[str]) -> list[str]:
@@ -39,6 +42,7 @@ def main(cfg: DictConfig) -> float:
     """Returns the best epoch's `monitor` figure: the objective of a hyperparameter search."""
     from descent.config import check_config, one_max_epochs
 
+    check_one_run(HydraConfig.get(), TYPED, Path(__file__))  # a search or a sweep asked for without -m
     if cfg.resume is None:  # a bad setting in one line before Lightning loads (train checks a resumed run's)
         one_max_epochs(cfg)
         check_config(cfg)
@@ -67,5 +71,6 @@ def check_command_line() -> None:
 if __name__ == "__main__":
     stop_before_training()
     check_command_line()
-    sys.argv += in_its_own_run_dir(sys.argv[1:])
+    TYPED.extend(sys.argv[1:])
+    sys.argv += in_its_own_run_dir(TYPED)
     exit_on_error(main)()  # a stop signal while Hydra composes the config, too

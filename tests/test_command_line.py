@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run
+from helpers import ROOT, compose_config, run
 
 from descent.command_line import check_arguments
 from descent.errors import DescentError
+from descent.multirun import check_one_run
 
 TRAIN = ROOT / "src" / "train.py"
 
@@ -291,3 +292,45 @@ def test_the_check_reads_classes_without_importing_torch() -> None:
     )
     done = run("-c", code)
     assert done.returncode == 0, done.stderr + done.stdout
+
+
+def one_run_refusal(*overrides: str, typed: list[str] | None = None) -> str | None:
+    """What `check_one_run` says of the run Hydra composes without -m from `overrides` (None: nothing)."""
+    hydra_cfg = compose_config("train", *overrides, return_hydra_config=True).hydra
+    try:
+        check_one_run(hydra_cfg, list(overrides) if typed is None else typed, TRAIN)
+    except DescentError as refused:
+        return str(refused)
+    return None
+
+
+def test_a_search_a_declared_sweep_or_a_launcher_without_m_is_refused_not_run_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without -m Hydra runs one job and never calls the sweeper or launcher: a search, an experiment's sweep or a
+    SLURM launcher would silently have been one local run."""
+    assert one_run_refusal("hparams_search=optuna", "max_epochs=1") == (
+        "hparams_search=optuna is a search of several trials, which Hydra runs only with -m: add it "
+        "(python src/train.py -m hparams_search=optuna max_epochs=1)"
+    )
+    assert one_run_refusal("hydra/sweeper=optuna").startswith("hydra/sweeper=optuna is a search of several trials")
+    assert one_run_refusal("experiment=gd_vs_sgd") == (
+        "this config sweeps method=gd,lbfgs,sgd_b16,sgd_b64,sgd_b256,sgd_b1024 (hydra.sweeper.params, from "
+        "experiment=gd_vs_sgd), which Hydra runs only with -m: add it to run a job for each "
+        "(python src/train.py -m experiment=gd_vs_sgd), or give method=<one value> for one run"
+    )
+    assert one_run_refusal("hydra/launcher=slurm") == (
+        "hydra/launcher=slurm launches a sweep's jobs, which Hydra does only with -m: add it to launch this run as "
+        "a sweep of one job (python src/train.py -m hydra/launcher=slurm)"
+    )
+    # One run, as asked: the defaults, one arm of the study, and a sweep's job under -m.
+    assert one_run_refusal() is None
+    assert one_run_refusal("experiment=gd_vs_sgd", "method=gd") is None
+    noise = ["experiment=critical_batch", "noise.enabled=true", "batch_size=256", "optimizer.lr=0.3"]
+    assert one_run_refusal(*noise) is None  # docs/studies.md's B_simple run beside the critical-batch sweep
+    multirun = compose_config("train", "hparams_search=optuna", return_hydra_config=True).hydra
+    multirun.mode = "MULTIRUN"
+    check_one_run(multirun, ["-m", "hparams_search=optuna"], TRAIN)
+    # Ranks 1..G-1 of a trial's DDP job, started by Lightning with the job's overrides and without -m.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert one_run_refusal("hparams_search=optuna") is None

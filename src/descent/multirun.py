@@ -1,5 +1,5 @@
 """What a Hydra multirun needs beyond Hydra: job dir names that can be typed back, a sweep that goes on with
-`resume=<sweep dir>`, and DDP ranks that run their job.
+`resume=<sweep dir>`, DDP ranks that run their job, and a sweep asked for without -m refused, not run once.
 
 Job dirs are named by their overrides, so that TensorBoard's run names say what each run is; `job_dir_name` makes
 that name a path that needs no quoting in a shell or in Hydra's override grammar (`resume=<dir>` and
@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf, read_write
 
@@ -66,6 +67,36 @@ def sweep_going_on(arguments: list[str]) -> list[str] | None:
     saved = OmegaConf.load(Path(resume) / "multirun.yaml").hydra.overrides
     own = [arg for arg in saved.hydra if not arg.startswith(("hydra.mode=", "hydra.sweep.dir="))]
     return ["-m", *saved.task, *own, f"hydra.sweep.dir={Path(resume).resolve()}", *added]
+
+
+def check_one_run(hydra_cfg: Any, argv: list[str], script: Path) -> None:
+    """Without -m Hydra runs one job and never calls the sweeper or the launcher: a search, a sweep that an
+    experiment declares, or a SLURM launcher would silently be one run here. Refused in one line, unless the run
+    pins every swept key (`experiment=gd_vs_sgd method=gd` is one arm of the study). Ranks 1..G-1 that Lightning
+    starts for a sweep's job (LOCAL_RANK) run that job's overrides without -m, as they should."""
+    from hydra.types import RunMode
+
+    from descent.command_keys import CommandLine
+
+    if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    command = CommandLine(argv, script).with_multirun()
+    choices = hydra_cfg.runtime.choices
+    sweeper, launcher = choices.get("hydra/sweeper"), choices.get("hydra/launcher")
+    if sweeper not in (None, "basic"):
+        search = choices.get("hparams_search")
+        asked = f"hparams_search={search}" if search is not None else f"hydra/sweeper={sweeper}"
+        require(False, f"{asked} is a search of several trials, which Hydra runs only with -m: add it ({command})")
+    if launcher not in (None, "basic"):
+        require(False, f"hydra/launcher={launcher} launches a sweep's jobs, which Hydra does only with -m: add it to "
+                       f"launch this run as a sweep of one job ({command})")  # fmt: skip
+    given = {override.partition("=")[0].lstrip("+~") for override in hydra_cfg.overrides.task}
+    swept = {str(key): value for key, value in (hydra_cfg.sweeper.get("params") or {}).items() if key not in given}
+    if swept:
+        key, values = next(iter(swept.items()))
+        by = f", from experiment={choices['experiment']}" if choices.get("experiment") else ""
+        require(False, f"this config sweeps {key}={values} (hydra.sweeper.params{by}), which Hydra runs only with -m: "
+                       f"add it to run a job for each ({command}), or give {key}=<one value> for one run")  # fmt: skip
 
 
 LIGHTNING_DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
