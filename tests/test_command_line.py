@@ -144,6 +144,16 @@ def test_several_values_without_m_are_one_line_that_adds_it() -> None:
     accept("-m", "model.net.hidden=64,32", "seed=range(3)")
 
 
+def test_hydra_mode_multirun_is_taken_as_m(tmp_path: Path) -> None:
+    """Hydra's other way to ask for a sweep: `hydra.mode=MULTIRUN` on the command line, or in a config of one's own
+    (an experiment that is always a sweep)."""
+    accept("hydra.mode=MULTIRUN", "optimizer=gd,sgd", "seed=1,2")
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "seeds.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    accept("-cd", str(tmp_path), "experiment=seeds", "seed=1,2,3")
+    assert refusal("hydra.mode=RUN", "seed=1,2").startswith("seed=1,2 is several values: add -m")
+
+
 @pytest.mark.parametrize(("argv", "message"), REFUSED, ids=[" ".join(argv) for argv, _ in REFUSED])
 def test_an_unknown_key_is_refused_naming_the_nearest_one(argv: list[str], message: str) -> None:
     assert refusal(*argv).startswith(message)

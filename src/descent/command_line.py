@@ -78,7 +78,7 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         o for o in overrides if o not in groups and (not o.is_hydra_override() or is_checked_hydra_key(o.key_or_group))
     ]
     command = CommandLine(argv, script)
-    if not args.multirun:
+    if not args.multirun and (args.cfg or not set_to_multirun(loader, name, args.overrides, overrides)):
         check_no_sweep(overrides, groups, command, "--cfg" if args.cfg else None)
     for override in groups:
         check_group_option(loader, name, searchpath, override)
@@ -121,6 +121,20 @@ search space's entries (`hydra.sweeper.params.<any key of descent's>=`), a launc
 
 def is_checked_hydra_key(key: str) -> bool:
     return key.rpartition(".")[0] in CHECKED_HYDRA_NODES
+
+
+def set_to_multirun(loader: Any, config_name: str, lines: list[str], overrides: list[Any]) -> bool:
+    """`hydra.mode=MULTIRUN`, Hydra's other way to ask for -m, on the command line or in a config the overrides
+    choose (an experiment that is always a sweep): read as Hydra reads it, only where the arguments sweep."""
+    from hydra.types import RunMode
+
+    if not any(override.is_sweep_override() for override in overrides):
+        return False
+    try:
+        config = loader.load_configuration(config_name, lines, RunMode.MULTIRUN, validate_sweep_overrides=False)
+    except Exception:  # any failure to compose is Hydra's to report, in its own words
+        return False
+    return config.hydra.mode == RunMode.MULTIRUN
 
 
 def config_loader(script: Path, config_path: str, config_dir: str | None) -> Any:
