@@ -59,6 +59,16 @@ REFUSED = [
         "trainer.gradient_clip_vall is not a setting of lightning.pytorch.Trainer: did you mean "
         "trainer.gradient_clip_val? (python src/train.py trainer.gradient_clip_val=1)",
     ),
+    (  # an argument its yaml does not list, without the + Hydra needs to add it
+        ["optimizer=momentum", "optimizer.nesterov=true"],
+        "optimizer.nesterov is not in the config yet: add it with + "
+        "(python src/train.py optimizer=momentum +optimizer.nesterov=true)",
+    ),
+    (  # listed by some of a sweep's configs: Hydra would fail when the sweep reaches the others
+        ["-m", "optimizer=sgd,momentum", "optimizer.momentum=0.5"],
+        "optimizer.momentum is in some of the sweep's configs only: give it with ++, which sets or adds it "
+        "(python src/train.py -m optimizer=sgd,momentum ++optimizer.momentum=0.5)",
+    ),
     (  # an argument its yaml does not list keeps its +
         ["optimizer=adam", "+optimizer.amsgrd=true"],
         "optimizer.amsgrd is not a setting of torch.optim.Adam: did you mean optimizer.amsgrad? "
@@ -165,7 +175,7 @@ ACCEPTED = [
     ["experiment=edge_of_stability", "data.train_size=100"],
     ["+trainer.max_time=00:02:00:00", "trainer.max_epochs=3"],
     ["optimizer=adam", "+optimizer.amsgrad=true"],
-    ["data.augment={crop_padding:2}", "data.augment.flip=false"],  # inside a value: descent.data.augment checks it
+    ["data.augment={crop_padding:2}", "+data.augment.flip=false"],  # inside a value: descent.data.augment checks it
     [
         "+callbacks.signal._target_=helpers.SendSignal",
         "+callbacks.signal.signal_name=SIGINT",

@@ -51,6 +51,18 @@ BAD_SETTINGS = [
     ("scheduler=exponential", "scheduler.gamma=0", "scheduler.gamma=0 is not allowed"),
     ("model=mlp", "monitor=val/accuracy", "monitor='val/accuracy' is not allowed"),
     ("model=mlp", "monitor=test/acc", "monitor='test/acc' selects on the test set"),
+    # Lightning's flags that descent's exact step and per-epoch figures cannot mean as Lightning's docs say.
+    (
+        "model=mlp",
+        "+trainer.accumulate_grad_batches=4",
+        "trainer.accumulate_grad_batches=4 is not allowed: a step of "
+        "descent is already exact over its chunks; for a step of B samples computed a part at a time give batch_size=B",
+    ),
+    (
+        "model=mlp",
+        "+trainer.val_check_interval=0.5",
+        "trainer.val_check_interval=0.5 is not allowed: descent evaluates theta^k after whole epochs k",
+    ),
 ]
 
 

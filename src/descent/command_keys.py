@@ -115,8 +115,9 @@ def target_nodes(config: dict, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 
 def check_key(override: Any, configs: Configs, targets: dict[str, str], command: CommandLine) -> None:
-    """A key of some composed config (of any, in a sweep) or an argument of a class it builds; with `+`, not one
-    the config has already, and with `~`, one it has (Hydra's dozen lines for those advise what this line says)."""
+    """A key of some composed config (of any, in a sweep) or an argument of a class it builds; without `+`, one the
+    config lists (`++` where some of a sweep's configs do), with `+`, not one the config has already, and with `~`,
+    one it has (Hydra's dozen lines for those advise what this line says)."""
     parts = override.key_or_group.split(".")
     problem: Problem | None = None
     for config in configs:
@@ -125,12 +126,19 @@ def check_key(override: Any, configs: Configs, targets: dict[str, str], command:
         problem = find_problem(config, parts, targets)
         if problem is None:
             break
-    if problem is None and (override.is_add() or override.is_delete()):
+    if problem is None:
         trees = list(configs)
         if None in trees:
             return
         listed = [is_listed(tree, parts) for tree in trees]
         key, line = override.key_or_group, override.input_line
+        plain = not (override.is_add() or override.is_force_add() or override.is_delete())
+        unlisted = [tree for tree, there in zip(trees, listed, strict=True) if not there]
+        # Hydra's "not in struct", a dozen lines, at once or when that job starts; a key its class takes there.
+        if plain and unlisted and all(find_problem(tree, parts, targets) is None for tree in unlisted):
+            fix = command.with_argument(line, ("++" if any(listed) else "+") + line)
+            some = "in some of the sweep's configs only: give it with ++, which sets or adds it"
+            require(False, f"{key} is {some if any(listed) else 'not in the config yet: add it with +'} ({fix})")
         if override.is_delete() and not any(listed):  # an argument its yaml does not list: nothing to delete
             problem = Problem(".".join(parts[:-1]), None, None)
         elif override.is_add() and all(listed):

@@ -71,6 +71,18 @@ def check_config(cfg: DictConfig) -> None:
         "the evaluation, evaluate the training figures on a fixed subset (eval.train_samples=10000) or evaluate "
         "every n epochs (trainer.check_val_every_n_epoch=n)",
     )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    require(
+        accumulate == 1,
+        f"trainer.accumulate_grad_batches={accumulate!r} is not allowed: a step of descent is already exact over "
+        "its chunks; for a step of B samples computed a part at a time give batch_size=B and chunk_size=<the part>",
+    )
+    interval = cfg.trainer.get("val_check_interval", 1.0)
+    require(
+        interval in (1.0, None),
+        f"trainer.val_check_interval={interval!r} is not allowed: descent evaluates theta^k after whole epochs k, "
+        "and its figures are labelled by epoch; drop it, or evaluate less often with trainer.check_val_every_n_epoch=n",
+    )
     train_samples = (cfg.get("eval") or {}).get("train_samples")
     require(
         train_samples is None or (is_whole(train_samples) and train_samples >= 1),
