@@ -1,6 +1,7 @@
 """End-to-end `train(cfg)` in-process on small IDX files: steps, per-epoch figures, checkpoints, resuming."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -101,3 +102,17 @@ def test_training_seconds_count_every_epoch_when_only_some_are_evaluated(make_cf
     monkeypatch.setattr(descent.clock, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     history = train(make_cfg("max_epochs=4", "trainer.check_val_every_n_epoch=2"))["history"]
     assert [(row["epoch"], row["time/train_s"]) for row in history] == [(2, 2.0), (4, 4.0)]
+
+
+def test_debug_overfit_says_its_figures_are_of_its_chunks_not_the_whole_sets(make_cfg, caplog) -> None:
+    """Lightning's overfit_batches limits the evaluation to as many chunks as it trains steps: the figures are
+    then of those chunks, and the run says so before training (descent refuses trainer.limit_val_batches itself)."""
+    cfg = make_cfg("debug=overfit", "max_epochs=2", "trainer.overfit_batches=2", "batch_size=40", "chunk_size=40")
+    with caplog.at_level(logging.INFO):
+        result = train(cfg)
+    said = [record.getMessage() for record in caplog.records]
+    assert (
+        "trainer.overfit_batches=2: the same first steps every epoch, and each figure is of as many chunks of its "
+        "set, not of the whole set"
+    ) in said
+    assert [row["progress/steps"] for row in result["history"]] == [2, 4]

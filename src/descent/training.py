@@ -177,6 +177,11 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     check_batch_coupling(data, model, trainer.world_size)
     if trainer.is_global_zero:
         log.info("run dir %s", run_dir)
+        if trainer.overfit_batches:  # Lightning limits the evaluation to as many chunks as the training's steps
+            log.info(
+                "trainer.overfit_batches=%s: the same first steps every epoch, and each figure is of as many chunks "
+                "of its set, not of the whole set", trainer.overfit_batches,
+            )  # fmt: skip
         if going_on is not None:
             log.info(
                 "going on from %s: step %d, after %d evaluated epochs",
