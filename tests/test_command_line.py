@@ -64,10 +64,15 @@ REFUSED = [
         "optimizer.nesterov is not in the config yet: add it with + "
         "(python src/train.py optimizer=momentum +optimizer.nesterov=true)",
     ),
-    (  # listed by some of a sweep's configs: Hydra would fail when the sweep reaches the others
+    (  # listed by some of a sweep's configs: Hydra would refuse the sweep in a dozen lines
         ["-m", "optimizer=sgd,momentum", "optimizer.momentum=0.5"],
         "optimizer.momentum is in some of the sweep's configs only: give it with ++, which sets or adds it "
         "(python src/train.py -m optimizer=sgd,momentum ++optimizer.momentum=0.5)",
+    ),
+    (  # a setting of one job of a sweep, of no class in another: Hydra would refuse the sweep in a dozen lines
+        ["-m", "optimizer=momentum,adam", "optimizer.momentum=0.9"],
+        "optimizer.momentum is not a setting of torch.optim.Adam (the sweep's job with optimizer=adam): drop it, or "
+        "sweep the jobs that take it apart (python src/train.py -m optimizer=momentum,adam)",
     ),
     (  # an argument its yaml does not list keeps its +
         ["optimizer=adam", "+optimizer.amsgrd=true"],
