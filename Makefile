@@ -32,10 +32,10 @@ train: data ## train with the default config (Fashion-MNIST, SGD, B=64, 10 epoch
 	$(PY) src/train.py
 
 test: ## run the test suite (offline)
-	$(PY) -m pytest tests -n auto --dist worksteal
+	$(PY) -m pytest tests -n auto --dist load --maxschedchunk 1
 
 test-fast: ## the suite without the slow end-to-end runs (no DDP, browser or nested pytest): for the edit-run loop
-	$(PY) -m pytest tests -n auto --dist worksteal -m "not slow"
+	$(PY) -m pytest tests -n auto --dist load --maxschedchunk 1 -m "not slow"
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check src tests $(wildcard bench)

@@ -21,6 +21,13 @@ if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests first, in their files' order: `make test` hands tests to its workers one at a time
+    (`--dist load --maxschedchunk 1`), so the longest start first and the suite ends on short ones, not on one
+    worker's long test while the other core idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MNIST's four files, gzipped, with 600 training and 200 test images."""

@@ -7,17 +7,21 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from helpers import once_per_session, run
 from helpers import points as events
-from helpers import run
 from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real runs, GD and SGD at B=64, three epochs each; lr=0.05 so that the two end at different errors."""
-    sweep_dir = tmp_path_factory.mktemp("sweep")
+    """Two real runs, GD and SGD at B=64, three epochs each; lr=0.05 so that the two end at different errors. One
+    sweep for the session, however the tests are shared among workers (helpers.once_per_session)."""
+    return once_per_session(tmp_path_factory, "report_sweep", lambda sweep_dir: two_runs(idx_dir, sweep_dir))
+
+
+def two_runs(idx_dir: Path, sweep_dir: Path) -> None:
     done = run(
         "src/train.py",
         "-m",
@@ -33,7 +37,6 @@ def sweep(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert done.returncode == 0, done.stderr
-    return sweep_dir
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -86,7 +89,8 @@ def is_png(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path) -> None:
+def test_report_tables_each_run_with_the_figures_of_its_event_files(sweep: Path, tmp_path: Path) -> None:
+    sweep = shutil.copytree(sweep, tmp_path / "sweep")  # the shared sweep stays as the runs left it
     done = run("src/report.py", str(sweep))
     assert done.returncode == 0, done.stderr
     markdown = (sweep / "report.md").read_text()

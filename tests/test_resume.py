@@ -146,6 +146,13 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+def go_on_after_the_kill(killed: Path, tmp_path: Path) -> None:
+    """resume=<the killed run's dir>, as src/train.py's main runs it, in this process: the kill needs a process of its
+    own, going on does not (the command line's resume= is test_robustness's and test_cli's)."""
+    typed = [f"resume={killed}"]
+    train(resumed_config(compose_train(*typed, f"run_dir={tmp_path / 'resume-invocation'}"), typed))
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(straight: Path, tmp_path: Path) -> None:
     """Killed in epoch 2, after epoch 1's last.ckpt: resume= goes on from there."""
@@ -156,7 +163,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_an_uninterrupted_run(straight: Pat
     process.kill()
     process.communicate()
     assert load(killed / "checkpoints" / "last.ckpt")["epoch"] < 2  # killed before the end
-    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
+    go_on_after_the_kill(killed, tmp_path)
     expected = json.loads((straight / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2]
@@ -184,7 +191,7 @@ def test_kill_9_between_periodic_checkpoints_loses_only_the_steps_since_the_last
     assert not (killed / "checkpoints" / "last.ckpt").exists()  # killed in epoch 1: only periodic.ckpt to go on from
     steps = load(periodic)["global_step"]
     assert steps % 300 == 0 and 600 <= steps < 1438  # a second periodic, in epoch 1
-    finish(start(f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume-invocation'}"))
+    go_on_after_the_kill(killed, tmp_path)
     expected = json.loads((straight / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
     assert [row["epoch"] for row in got["history"]] == [1, 2]
