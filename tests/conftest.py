@@ -1,4 +1,10 @@
-"""Fixtures that write small, real data files and compose the real config around them."""
+"""Fixtures that write small, real data files and compose the real config around them.
+
+Nothing heavy at the top: under `pytest -n` the controller loads this file too, before it starts the workers, and
+runs no test; torch, Lightning and descent load in the workers, with the test modules.
+"""
+
+from __future__ import annotations
 
 import functools
 import json
@@ -7,16 +13,19 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from helpers import ROOT, compose_train_small, environment, once_per_session, reference_step, write_idx_set
-from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
     # Under `pytest -n` (make test) each worker shares the cores with the others: one thread each, for its own
     # runs and the subprocesses it starts, as two threads that wait on each other at every operation of a tiny step
     # make it many times slower on a shared core.
+    import torch
+
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
@@ -31,12 +40,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MNIST's four files, gzipped, with 600 training and 200 test images."""
+    from helpers import write_idx_set
+
     return write_idx_set(tmp_path_factory.mktemp("idx"))
 
 
 @pytest.fixture
 def make_cfg(tmp_path: Path, idx_dir: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml on the small IDX files, on the CPU, writing under tmp_path."""
+    from helpers import compose_train_small
 
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
         return compose_train_small(*overrides, idx_dir=idx_dir, run_dir=run_dir or tmp_path / "run")
@@ -60,6 +72,7 @@ def ddp_runs(idx_dir: Path, imagenet32_dir: Path, tmp_path_factory: pytest.TempP
     session: under `pytest -n` the first worker to need them trains them, the others wait for its runs and read them
     (the data they train on are the same, written from the same seed)."""
     from ddp_runs import DDP_RUNS
+    from helpers import ROOT, environment, once_per_session
 
     def make(out: Path) -> None:
         import optuna
@@ -90,6 +103,8 @@ def ddp_overrides(name: str, out: Path, imagenet32_dir: Path) -> list[str]:
 def reference(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict]:
     """helpers.reference_step, computed once per module for each set of overrides: several tests check their
     chunked, manual or DDP step against the same exact step."""
+    from helpers import compose_train_small, reference_step
+
     run_dir = tmp_path_factory.mktemp("reference")
 
     @functools.cache
