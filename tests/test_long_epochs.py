@@ -1,6 +1,7 @@
 """Epochs of hours: the evaluation kept to what fits (a fixed subset of the training set, every n epochs, never a
 silently partial set), and a line of progress every few minutes in a log file."""
 
+import json
 import logging
 import re
 import sys
@@ -9,11 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compose_eval
 
 from descent.config import check_config
 from descent.data.base import TRAIN_SUBSET_STREAM
 from descent.errors import DescentError
+from descent.evaluation import evaluate
+from descent.report import write_report
+from descent.sweep import write_summary
 from descent.training import build, train
+
+SUBSET_LINE = (
+    "train/ figures: a fixed subset of 120 of the 500 training samples (eval.train_samples), not the whole set"
+)
 
 
 def test_the_training_figures_on_a_fixed_subset_are_those_of_its_samples(make_cfg, tmp_path: Path, caplog) -> None:
@@ -22,7 +31,7 @@ def test_the_training_figures_on_a_fixed_subset_are_those_of_its_samples(make_cf
     cfg = make_cfg("max_epochs=2", "logger=none", "eval.train_samples=120", "trainer.precision=64-true")
     with caplog.at_level(logging.INFO):
         result = train(cfg)
-    assert any("a fixed subset of 120 of the 500 training samples" in record.message for record in caplog.records)
+    assert SUBSET_LINE in [record.getMessage() for record in caplog.records]
     whole = train(make_cfg("max_epochs=2", "logger=none", "trainer.precision=64-true", run_dir=tmp_path / "whole"))
     assert result["final"]["val/loss"] == pytest.approx(whole["final"]["val/loss"], rel=1e-12)
     data, model = build(cfg)
@@ -38,6 +47,27 @@ def test_the_training_figures_on_a_fixed_subset_are_those_of_its_samples(make_cf
     assert result["final"]["train/loss"] == pytest.approx(expected, rel=1e-6)
     assert result["final"]["train/error"] == pytest.approx((logits.argmax(1) != labels[rows]).double().mean().item())
     assert result["final"]["train/loss"] != pytest.approx(whole["final"]["train/loss"], rel=1e-6)
+
+
+def test_figures_not_over_whole_sets_are_said_where_the_figures_are_read(make_cfg, tmp_path: Path, caplog) -> None:
+    """A run's train/ figures on a fixed subset: the line the run says before training is kept in its metrics.json,
+    said again by src/eval.py (whose train figures are of the same subset) and in its metrics.json, and under the
+    sweep summary's and the report's tables, for that run alone; a run over whole sets has none of it."""
+    sweep = tmp_path / "sweep"
+    for name, settings in (("subset", ["eval.train_samples=120"]), ("whole", [])):
+        train(make_cfg("max_epochs=1", "logger=none", *settings, run_dir=sweep / name))
+    subset, whole = (json.loads((sweep / name / "metrics.json").read_text()) for name in ("subset", "whole"))
+    assert subset["partial"] == [SUBSET_LINE] and "partial" not in whole
+    ckpt = sweep / "subset" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO):
+        evaluate(compose_eval(f"ckpt_path={ckpt}", f"run_dir={tmp_path / 'e'}"))
+    assert SUBSET_LINE in [record.getMessage() for record in caplog.records]
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["partial"] == [SUBSET_LINE]
+    section = f"## Figures not over whole sets\n\n- `subset`: {SUBSET_LINE}\n"
+    write_summary(sweep)
+    assert (sweep / "summary.md").read_text().endswith(f"\n\n{section}")
+    assert section + "\n![train and test curves]" in write_report(sweep)
+    assert "whole`:" not in write_report(sweep)
 
 
 @pytest.mark.parametrize("value", [0.5, 3])

@@ -111,8 +111,10 @@ def test_debug_overfit_says_its_figures_are_of_its_chunks_not_the_whole_sets(mak
     with caplog.at_level(logging.INFO):
         result = train(cfg)
     said = [record.getMessage() for record in caplog.records]
-    assert (
+    line = (
         "trainer.overfit_batches=2: the same first steps every epoch, and each figure is of as many chunks of its "
         "set, not of the whole set"
-    ) in said
+    )
+    assert line in said
     assert [row["progress/steps"] for row in result["history"]] == [2, 4]
+    assert result["partial"] == [line]  # and metrics.json, which the sweep summary and the report read

@@ -13,7 +13,7 @@ from descent.config import check_config
 from descent.errors import require
 from descent.files import replace_text
 from descent.loggers import quiet_lightning
-from descent.training import build, trainer_settings
+from descent.training import build, partial_figures, trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer_settings(run_cfg.trainer), logger=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()]
     )
     in_precision(model, trainer)
+    partial = partial_figures(trainer, data)
+    for line in partial:
+        log.info("%s", line)
     trainer.validate(model, datamodule=data, ckpt_path=str(ckpt_path), verbose=False)
     figures = model.last_evaluation
     log.info(
@@ -62,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         100 * figures["test/acc"],
     )
     if trainer.is_global_zero:
-        figures_json = json.dumps({"ckpt_path": str(ckpt_path), **figures}, indent=2) + "\n"
+        saved = {"ckpt_path": str(ckpt_path), **figures} | ({"partial": partial} if partial else {})
+        figures_json = json.dumps(saved, indent=2) + "\n"
         replace_text(Path(cfg.run_dir) / "metrics.json", figures_json)
     return figures

@@ -14,7 +14,7 @@ from matplotlib.ticker import LogLocator, StrMethodFormatter
 from descent.critical_batch import critical_batch_section
 from descent.errors import require
 from descent.results import SHARPNESS, STEPS, TRAIN_S, TWO_OVER_LR, flow, flow_depths
-from descent.runs import Run, read_runs
+from descent.runs import Run, not_over_whole_sets, read_runs
 from descent.study import search_section
 
 X_AXES = (("epoch", "epoch"), ("optimizer steps", STEPS), ("training seconds", TRAIN_S))
@@ -243,6 +243,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
     if target_error is None:
         target_error = default_target_error(runs)
     plot(runs, f"{sweep_dir.name}: {len(runs)} runs").savefig(sweep_dir / "report.png", dpi=100)
+    partial = not_over_whole_sets(runs)
     markdown = "\n".join(
         [
             f"# {sweep_dir}",
@@ -254,6 +255,7 @@ def write_report(sweep_dir: Path, target_error: float | None = None) -> str:
             "",
             format_table(runs, target_error),
             "",
+            *(partial + [""] if partial else []),
             "![train and test curves](report.png)",
             "",
             search_section(sweep_dir),

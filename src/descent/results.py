@@ -103,9 +103,15 @@ def final_and_best(
 
 
 def summary(
-    history: list[dict[str, float]], monitor: str, run_dir: str, best_checkpoint: str, mode: str = "min"
+    history: list[dict[str, float]],
+    monitor: str,
+    run_dir: str,
+    best_checkpoint: str,
+    mode: str = "min",
+    partial: list[str] | None = None,
 ) -> dict[str, Any]:
-    """What metrics.json holds: final and best-epoch figures with the whole history."""
+    """What metrics.json holds: final and best-epoch figures with the whole history, and `partial`, the lines that
+    say which figures are not over whole sets (only where some are not)."""
     final, best = final_and_best(history, monitor, mode)
     return {
         "run_dir": run_dir,
@@ -115,7 +121,7 @@ def summary(
         "best": best,
         "best_checkpoint": best_checkpoint,
         "history": history,
-    }
+    } | ({"partial": partial} if partial else {})
 
 
 def epoch_line(row: dict[str, float]) -> str:

@@ -44,6 +44,7 @@ class Run:
     final: Row | None = None
     best: Row | None = None  # the first epoch with the lowest `monitor`
     error: str = ""
+    partial: list[str] = field(default_factory=list)  # which figures are not over whole sets (metrics.json's)
 
     @property
     def objective(self) -> float:
@@ -94,6 +95,7 @@ def read_run(run_dir: Path, name: str) -> Run | None:
     content = read_metrics(run_dir / "metrics.json")
     if content is not None:
         run.monitor, run.mode, run.history = content.get("monitor"), content.get("mode", "min"), content["history"]
+        run.partial = content.get("partial", [])
         if run.history and run.monitor:
             run.final, run.best = final_and_best(run.history, run.monitor, run.mode)
         if "stopped" in content:  # diverged or interrupted: what it has is not a result
@@ -108,6 +110,13 @@ def read_run(run_dir: Path, name: str) -> Run | None:
     elif (run_dir / "metrics.json").is_file() or not (run_dir / ".hydra" / "overrides.yaml").is_file():
         return None
     return run
+
+
+def not_over_whole_sets(runs: list[Run]) -> list[str]:
+    """A markdown section naming each run whose figures are not over whole sets, and what they are over (debug=overfit,
+    eval.train_samples); none where every run's are."""
+    lines = [f"- `{run.name}`: {line}" for run in runs for line in run.partial]
+    return ["## Figures not over whole sets", "", *lines] if lines else []
 
 
 def going_on_from(run_dir: Path) -> bool:

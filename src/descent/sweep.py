@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from descent import results
 from descent.files import replace_text
 from descent.monitor import LOWER_IS_BETTER
-from descent.runs import WITH_A_RESULT, Run, read_runs
+from descent.runs import WITH_A_RESULT, Run, not_over_whole_sets, read_runs
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ def markdown(
         cells = [cell(t, shown_figures[c]) if shown_figures else "" for c, t in titled]
         status = f"{run.status}: {run.error}" if run.status in ("failed", "interrupted") else run.error or run.status
         lines.append(f"| `{run.name}` | {status} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    partial = not_over_whole_sets(runs)
+    return "\n".join(lines + ["", *partial] if partial else lines) + "\n"
 
 
 class Summary(Callback):

@@ -175,25 +175,17 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     in_precision(model, trainer)
     data.samples_per_chunk = plan_memory(cfg, data, model, trainer)
     check_batch_coupling(data, model, trainer.world_size)
+    partial = partial_figures(trainer, data)
     if trainer.is_global_zero:
         log.info("run dir %s", run_dir)
-        if trainer.overfit_batches:  # Lightning limits the evaluation to as many chunks as the training's steps
-            log.info(
-                "trainer.overfit_batches=%s: the same first steps every epoch, and each figure is of as many chunks "
-                "of its set, not of the whole set", trainer.overfit_batches,
-            )  # fmt: skip
+        for line in partial:
+            log.info("%s", line)
         if going_on is not None:
             log.info(
                 "going on from %s: step %d, after %d evaluated epochs",
                 going_on.checkpoint, going_on.global_step, len(going_on.history),
             )  # fmt: skip
         log_settings(trainer, cfg)
-    if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
-        log.info(
-            "train/ figures: a fixed subset of %d of the %d training samples (eval.train_samples), not the whole set",
-            data.eval_train_samples,
-            data.num_train,
-        )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         # Resolved, so eval.py can rebuild this run without Hydra's runtime.
@@ -212,7 +204,7 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
         stopped = error if isinstance(error, StoppedEarly) else stopper.stopped
         assert stopped is not None
         if trainer.is_global_zero:
-            result = summarise(model, trainer, cfg) if model.history else {"history": []}
+            result = summarise(model, trainer, cfg, partial) if model.history else {"history": []}
             result["stopped"] = {
                 "reason": type(stopped).__name__.lower(),  # diverged or interrupted
                 "epoch": stopped.epoch,
@@ -226,7 +218,7 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     finally:
         finish_logger_runs(trainer)
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
-    result = summarise(model, trainer, cfg) | {"ended": why_it_ended(trainer, model.history[-1]["epoch"])}
+    result = summarise(model, trainer, cfg, partial) | {"ended": why_it_ended(trainer, model.history[-1]["epoch"])}
     if trainer.is_global_zero:
         replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         log.info("%s", result["ended"]["message"])
@@ -235,7 +227,24 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     return result
 
 
-def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig) -> dict[str, Any]:
+def summarise(model: Classifier, trainer: lightning.Trainer, cfg: DictConfig, partial: list[str]) -> dict[str, Any]:
     best_checkpoint = trainer.checkpoint_callbacks[0].best_model_path if trainer.checkpoint_callbacks else ""
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
-    return results.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode)
+    return results.summary(model.history, cfg.monitor, str(cfg.run_dir), best_checkpoint, mode, partial)
+
+
+def partial_figures(trainer: lightning.Trainer, data: ImageData) -> list[str]:
+    """Where the run's figures are not over whole sets, and what they are over: said before training, and kept in
+    metrics.json, where the sweep summary and the report say it again beside the figures."""
+    partial = []
+    if trainer.overfit_batches:  # Lightning limits the evaluation to as many chunks as the training's steps
+        partial.append(
+            f"trainer.overfit_batches={trainer.overfit_batches}: the same first steps every epoch, and each figure "
+            "is of as many chunks of its set, not of the whole set"
+        )
+    if data.eval_train_samples is not None and data.eval_train_samples < data.num_train:
+        partial.append(
+            f"train/ figures: a fixed subset of {data.eval_train_samples} of the {data.num_train} training samples "
+            "(eval.train_samples), not the whole set"
+        )
+    return partial
