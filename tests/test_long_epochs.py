@@ -1,6 +1,7 @@
 """Epochs of hours: the evaluation kept to what fits (a fixed subset of the training set, every n epochs, never a
 silently partial set), and a line of progress every few minutes in a log file."""
 
+import csv
 import json
 import logging
 import re
@@ -52,7 +53,8 @@ def test_the_training_figures_on_a_fixed_subset_are_those_of_its_samples(make_cf
 def test_figures_not_over_whole_sets_are_said_where_the_figures_are_read(make_cfg, tmp_path: Path, caplog) -> None:
     """A run's train/ figures on a fixed subset: the line the run says before training is kept in its metrics.json,
     said again by src/eval.py (whose train figures are of the same subset) and in its metrics.json, and under the
-    sweep summary's and the report's tables, for that run alone; a run over whole sets has none of it."""
+    sweep summary's and the report's tables and in summary.csv's `partial` column, for that run alone; a run over
+    whole sets has none of it."""
     sweep = tmp_path / "sweep"
     for name, settings in (("subset", ["eval.train_samples=120"]), ("whole", [])):
         train(make_cfg("max_epochs=1", "logger=none", *settings, run_dir=sweep / name))
@@ -66,6 +68,9 @@ def test_figures_not_over_whole_sets_are_said_where_the_figures_are_read(make_cf
     section = f"## Figures not over whole sets\n\n- `subset`: {SUBSET_LINE}\n"
     write_summary(sweep)
     assert (sweep / "summary.md").read_text().endswith(f"\n\n{section}")
+    with open(sweep / "summary.csv", newline="") as file:
+        rows = {row["run"]: row["partial"] for row in csv.DictReader(file) if row["row"] == "run"}
+    assert rows == {"subset": SUBSET_LINE, "whole": ""}
     assert section + "\n![train and test curves]" in write_report(sweep)
     assert "whole`:" not in write_report(sweep)
 

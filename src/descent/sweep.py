@@ -122,11 +122,12 @@ def write_summary(sweep_dir: Path) -> None:
         {"row": "run", "configuration": configuration(run, keys), "run": run.name, "status": run.status, "runs": 1}
         | run.overrides
         | figures(run)
-        | {"error": run.error}
+        | {"error": run.error, "partial": " ".join(run.partial)}
         for run in runs
     ]
     header = ["row", "configuration", "run", "status", "runs", *sorted({k for run in runs for k in run.overrides})]
     header += [c for column in columns for c in (column, f"{column} std")] + ["error"]
+    header += ["partial"] if any(run.partial for run in runs) else []  # figures not over whole sets, where some are
     table = io.StringIO()
     writer = csv.DictWriter(table, [c.replace("objective", objective) for c in header], extrasaction="ignore")
     writer.writeheader()
