@@ -122,7 +122,7 @@ def write_summary(sweep_dir: Path) -> None:
         {"row": "run", "configuration": configuration(run, keys), "run": run.name, "status": run.status, "runs": 1}
         | run.overrides
         | figures(run)
-        | {"error": run.error, "partial": " ".join(run.partial)}
+        | {"error": run.error, "partial": "; ".join(run.partial)}
         for run in runs
     ]
     header = ["row", "configuration", "run", "status", "runs", *sorted({k for run in runs for k in run.overrides})]
