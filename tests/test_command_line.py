@@ -74,6 +74,22 @@ REFUSED = [
         "optimizer.momentum is not a setting of torch.optim.Adam (the sweep's job with optimizer=adam): drop it, or "
         "sweep the jobs that take it apart (python src/train.py -m optimizer=momentum,adam)",
     ),
+    (  # ++ sets or adds a key in every job: one whose class does not take it would fail after the others trained
+        ["-m", "model=mlp,cnn", "++model.net.dropout=0.1"],
+        "model.net.dropout is not a setting of descent.nets.LeNet (the sweep's job with model=cnn): drop it, or "
+        "sweep the jobs that take it apart (python src/train.py -m model=mlp,cnn)",
+    ),
+    (  # an argument of one job's class and of no other's, added with +
+        ["-m", "optimizer=momentum,adam", "+optimizer.nesterov=true"],
+        "optimizer.nesterov is not a setting of torch.optim.Adam (the sweep's job with optimizer=adam): drop it, or "
+        "sweep the jobs that take it apart (python src/train.py -m optimizer=momentum,adam)",
+    ),
+    (  # the same in a sweep too large to compose every combination of: the first job whose class does not take it
+        ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.amsgrad=true"],
+        "optimizer.amsgrad is not a setting of torch.optim.SGD (the sweep's job with optimizer=gd model=mlp): "
+        "drop it, or sweep the jobs that take it apart (python src/train.py -m "
+        "optimizer=gd,sgd,adam,momentum model=mlp,cnn,resnet batch_size=32,64)",
+    ),
     (  # an argument its yaml does not list keeps its +
         ["optimizer=adam", "+optimizer.amsgrd=true"],
         "optimizer.amsgrd is not a setting of torch.optim.Adam: did you mean optimizer.amsgrad? "
@@ -191,7 +207,7 @@ ACCEPTED = [
         "+metrics.confusion.normalize=true",
     ],
     ["model.loss._target_=torch.nn.functional.cross_entropy", "++model.loss._partial_=true", "~model.loss.reduction"],
-    ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.amsgrad=true"],
+    ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.maximize=false"],
     ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
     ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=median", "hydra/launcher=submitit_local"],
     [  # the search's and the launcher's own settings; a search space's entries, whatever key they name

@@ -133,15 +133,17 @@ def check_key(override: Any, configs: Configs, targets: dict[str, str], command:
         listed = [is_listed(tree, parts) for tree in trees]
         key, line = override.key_or_group, override.input_line
         plain = not (override.is_add() or override.is_force_add() or override.is_delete())
+        # A setting of some of a sweep's jobs and of no class in another, with or without + or ++: that job would
+        # fail after the others had trained.
+        for tree, chosen in zip(trees, configs.overrides, strict=True) if not override.is_delete() else ():
+            found = find_problem(tree, parts, targets)
+            if found is not None:
+                choices = " ".join(o for o in chosen if not o.startswith("hydra."))
+                job = f"the sweep's job with {choices}"
+                what = f"{found.target} ({job})" if found.target else job
+                require(False, f"{key} is not a setting of {what}: drop it, or sweep the jobs that take it apart "
+                               f"({command.with_argument(line, None)})")  # fmt: skip
         if plain and not all(listed):  # Hydra's "not in struct" in a dozen lines, for the whole sweep before any job
-            for i in (i for i, there in enumerate(listed) if not there):
-                found = find_problem(trees[i], parts, targets)
-                if found is not None:  # a setting of some of a sweep's jobs, of no class in this one
-                    choices = " ".join(o for o in configs.overrides[i] if not o.startswith("hydra."))
-                    job = f"the sweep's job with {choices}"
-                    what = f"{found.target} ({job})" if found.target else job
-                    require(False, f"{key} is not a setting of {what}: drop it, or sweep the jobs that take it apart "
-                                   f"({command.with_argument(line, None)})")  # fmt: skip
             fix = command.with_argument(line, ("++" if any(listed) else "+") + line)  # a key its class takes
             some = "in some of the sweep's configs only: give it with ++, which sets or adds it"
             require(False, f"{key} is {some if any(listed) else 'not in the config yet: add it with +'} ({fix})")
