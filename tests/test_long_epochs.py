@@ -53,13 +53,19 @@ def test_the_training_figures_on_a_fixed_subset_are_those_of_its_samples(make_cf
 def test_figures_not_over_whole_sets_are_said_where_the_figures_are_read(make_cfg, tmp_path: Path, caplog) -> None:
     """A run's train/ figures on a fixed subset: the line the run says before training is kept in its metrics.json,
     said again by src/eval.py (whose train figures are of the same subset) and in its metrics.json, and under the
-    sweep summary's and the report's tables and in summary.csv's `partial` column, for that run alone; a run over
-    whole sets has none of it."""
-    sweep = tmp_path / "sweep"
+    sweep summary's and the report's tables, in summary.csv's `partial` column and under the console's final
+    table, for that run alone; a run over whole sets has none of it."""
+    sweep, tables = tmp_path / "sweep", {}
     for name, settings in (("subset", ["eval.train_samples=120"]), ("whole", [])):
-        train(make_cfg("max_epochs=1", "logger=none", *settings, run_dir=sweep / name))
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            train(make_cfg("max_epochs=1", "logger=none", *settings, run_dir=sweep / name))
+        (tables[name],) = [r.getMessage() for r in caplog.records if "final (epoch 1)" in r.getMessage()]
     subset, whole = (json.loads((sweep / name / "metrics.json").read_text()) for name in ("subset", "whole"))
     assert subset["partial"] == [SUBSET_LINE] and "partial" not in whole
+    # The console's final table too, at the end of the run, far below the line said before training.
+    assert tables["subset"].endswith(f"\nnot over whole sets: {SUBSET_LINE}")
+    assert "not over whole sets" not in tables["whole"] and tables["whole"].split("\n")[-1].startswith("best (")
     ckpt = sweep / "subset" / "checkpoints" / "last.ckpt"
     with caplog.at_level(logging.INFO):
         evaluate(compose_eval(f"ckpt_path={ckpt}", f"run_dir={tmp_path / 'e'}"))

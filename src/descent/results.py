@@ -150,7 +150,8 @@ def measured_line(epoch: int, figures: Mapping[str, float]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The final and best epoch's TABLE figures and the configured metrics' val and test ones, a row each."""
+    """The final and best epoch's TABLE figures and the configured metrics' val and test ones, a row each; under
+    them, what figures are not over whole sets (the run said it before training, many lines above)."""
     columns = [*TABLE, *(f"{stage}/{name}" for name in user_metrics(result["final"]) for stage in ("val", "test"))]
     widths = [max(12, len(key) + 2) for key in columns]
     titles = "".join(f"{key.replace('/', ' '):>{width}}" for key, width in zip(columns, widths, strict=True))
@@ -163,4 +164,4 @@ def format_table(result: dict[str, Any]) -> str:
             for key, width in zip(columns, widths, strict=True)
         )
         lines.append(f"{label + ' (epoch ' + str(int(row['epoch'])) + ')':16}{cells}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"not over whole sets: {line}" for line in result.get("partial", [])])
