@@ -90,6 +90,16 @@ REFUSED = [
         "drop it, or sweep the jobs that take it apart (python src/train.py -m "
         "optimizer=gd,sgd,adam,momentum model=mlp,cnn,resnet batch_size=32,64)",
     ),
+    (  # Hydra reads optimizer.lr as nodes of params, and refuses a sweep of its own settings: the key itself works
+        ["-m", "hparams_search=optuna", "hydra.sweeper.params.optimizer.lr=interval(0.01,0.1)"],
+        "hydra.sweeper.params.optimizer.lr is not a search dimension Hydra takes on the command line: give it as "
+        "optimizer.lr= (python src/train.py -m hparams_search=optuna 'optimizer.lr=interval(0.01,0.1)')",
+    ),
+    (
+        ["-m", "hparams_search=optuna", "+hydra.sweeper.params.seed=choice(1,2)"],
+        "hydra.sweeper.params.seed is not a search dimension Hydra takes on the command line: give it as seed= "
+        "(python src/train.py -m hparams_search=optuna 'seed=choice(1,2)')",
+    ),
     (  # an argument its yaml does not list keeps its +
         ["optimizer=adam", "+optimizer.amsgrd=true"],
         "optimizer.amsgrd is not a setting of torch.optim.Adam: did you mean optimizer.amsgrad? "
@@ -210,13 +220,14 @@ ACCEPTED = [
     ["-m", "optimizer=gd,sgd,adam,momentum", "model=mlp,cnn,resnet", "batch_size=32,64", "+optimizer.maximize=false"],
     ["hydra.run.dir=/tmp/elsewhere", "+hydra.job.env_set.SEED=1"],
     ["-m", "hparams_search=optuna", "hydra/sweeper/pruner=median", "hydra/launcher=submitit_local"],
-    [  # the search's and the launcher's own settings; a search space's entries, whatever key they name
+    [  # the search's and the launcher's own settings; its dimensions
         "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=5",
         "hydra.sweeper.sampler.seed=3",
-        "hydra.sweeper.params.optimizer.lr=interval(0.01,0.1)",
-        "+hydra.sweeper.params.seed=choice(1,2)",
+        "optimizer.lr=interval(0.01,0.1)",  # a dimension of the search, in place of its space's
+        "seed=choice(1,2)",
+        "hydra.sweeper.params.hidden_width='choice(128,256)'",  # a one-word key of the space, a quoted value
         "hydra/launcher=submitit_local",
         "hydra.launcher.cpus_per_task=2",
     ],

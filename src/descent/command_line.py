@@ -82,6 +82,8 @@ def check_arguments(argv: list[str], script: Path, config_path: str, config_name
         check_no_sweep(overrides, groups, command, "--cfg" if args.cfg else None)
     for override in groups:
         check_group_option(loader, name, searchpath, override)
+    for override in overrides:
+        check_search_dimension(override, command)
     if not keys:
         return  # nothing to look up: no config composed, no time spent
     configs = composed(loader, name, searchpath, groups)
@@ -115,8 +117,28 @@ def check_no_sweep(overrides: list[Any], groups: list[Any] | None, command: Comm
 CHECKED_HYDRA_NODES = ("hydra.sweeper", "hydra.sweeper.sampler", "hydra.sweeper.pruner", "hydra.launcher")
 """The nodes of Hydra's config whose keys are checked as descent's: the sweeper's, its sampler's and pruner's and
 the launcher's settings (`hydra.sweeper.n_trials=`, `hydra.launcher.cpus_per_task=`). Not what lies deeper: a
-search space's entries (`hydra.sweeper.params.<any key of descent's>=`), a launcher's free-form options
+search space's entries (`hydra.sweeper.params.<key>=`, see `check_search_dimension`), a launcher's free-form options
 (`+hydra.launcher.additional_parameters.<any sbatch option>=`)."""
+
+SEARCH_SPACE = "hydra.sweeper.params."
+
+
+def check_search_dimension(override: Any, command: CommandLine) -> None:
+    """`hydra.sweeper.params.optimizer.lr=interval(0.01,0.1)` fails in Hydra: it reads the dots of `optimizer.lr` as
+    nodes that `params` does not have, and refuses a sweep of its own settings, in a line that does not say what
+    works. A sweep or search takes a dimension as its own key (`optimizer.lr=interval(0.01,0.1)`), in place of the
+    same key of its space: that is the command offered."""
+    key = override.key_or_group
+    if not key.startswith(SEARCH_SPACE) or override.is_delete():
+        return
+    name = key.removeprefix(SEARCH_SPACE)
+    if "." not in name and not override.is_sweep_override():
+        return  # a one-word key given a quoted value: Hydra sets or adds it as the space's yaml would
+    value = override.input_line.partition("=")[2]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    fix = command.with_argument(override.input_line, f"{name}={value}")
+    require(False, f"{key} is not a search dimension Hydra takes on the command line: give it as {name}= ({fix})")
 
 
 def is_checked_hydra_key(key: str) -> bool:
