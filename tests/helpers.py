@@ -253,6 +253,18 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [value for _, value in series] for tag, series in points(run_dir).items()}
 
 
+class StopInEpoch(lightning.Callback):
+    """Sets `trainer.should_stop` after the first step of epoch `epoch` (counted from 1), as a user's own callback
+    may (`+callbacks.stop._target_=helpers.StopInEpoch +callbacks.stop.epoch=2`)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer: lightning.Trainer, *args: object) -> None:
+        if trainer.current_epoch + 1 == self.epoch:
+            trainer.should_stop = True
+
+
 class SendSignal(lightning.Callback):
     """Sends this process `signal_name` from Lightning hook `hook` in epoch `epoch` (0-based), once: a stop signal
     driven into a chosen phase of a real run, deterministically (`+callbacks.signal._target_=helpers.SendSignal`)."""

@@ -91,6 +91,30 @@ def test_max_steps_stops_mid_epoch_and_evaluates_the_weights_it_ends_with(make_c
     ]
 
 
+@pytest.mark.parametrize(
+    ("settings", "reason", "said"),
+    [
+        (["+trainer.max_time={seconds: 1}"], "max_time", "ended at trainer.max_time (1 s of fit), in epoch "),
+        (
+            ["+callbacks.stop._target_=helpers.StopInEpoch", "+callbacks.stop.epoch=2"],
+            "stopped",
+            "ended in epoch 2 of max_epochs=1000: a callback set trainer.should_stop",
+        ),
+    ],
+    ids=["max_time", "a callback"],
+)
+def test_a_run_stopped_by_max_time_or_a_callback_says_why_not_max_epochs(
+    make_cfg, settings: list[str], reason: str, said: str
+) -> None:
+    """Lightning's max_time (here in its dict form) and a callback that sets should_stop end a run mid-epoch, as
+    max_steps does: the weights it ends with are evaluated, and metrics.json and the console say what ended it."""
+    result = train(make_cfg(*settings, "max_epochs=1000", "batch_size=16", "logger=none"))
+    ended, last = result["ended"], result["history"][-1]
+    assert (ended["reason"], ended["message"][: len(said)]) == (reason, said)
+    assert ended["epoch"] == last["epoch"] < 1000 and ended["step"] == last["progress/steps"]
+    assert ended["message"].endswith(f"in epoch {last['epoch']}") or reason == "stopped"
+
+
 def test_limit_train_batches_takes_that_many_steps_an_epoch(make_cfg) -> None:
     result = train(make_cfg("batch_size=64", "trainer.limit_train_batches=3", "logger=none"))
     assert [row["progress/steps"] for row in result["history"]] == [3, 6]

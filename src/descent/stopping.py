@@ -133,18 +133,28 @@ def stop_on_signals() -> Iterator[dict[int, Any]]:
 
 
 def why_it_ended(trainer: Any, epoch: int) -> dict[str, Any]:
-    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, an early-stopping callback or a
-    search's pruner (descent.trial)."""
+    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, Lightning's max_time, an
+    early-stopping callback, a search's pruner (descent.trial), or any other callback that set `should_stop`."""
+    from lightning.pytorch.callbacks import Timer
+
     from descent.trial import TrialReports
 
     stopper = trainer.early_stopping_callback
     pruned = [c for c in trainer.callbacks if isinstance(c, TrialReports) and c.pruned_after is not None]
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    max_time = timer.time_remaining() if timer is not None else None  # None: no max_time
     if pruned:
         reason, message = "pruned", pruned[0].why()
     elif stopper is not None and stopper.stopped_epoch > 0:
         reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
     elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
         reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"
+    elif timer is not None and max_time is not None and max_time <= 0:
+        limit = round(timer.time_elapsed() + max_time)  # the duration it was given, in seconds
+        reason, message = "max_time", f"ended at trainer.max_time ({limit} s of fit), in epoch {epoch}"
+    elif trainer.max_epochs not in (None, -1) and trainer.current_epoch < trainer.max_epochs:
+        reason = "stopped"
+        message = f"ended in epoch {epoch} of max_epochs={trainer.max_epochs}: a callback set trainer.should_stop"
     else:
         reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
     return {"reason": reason, "epoch": epoch, "step": trainer.global_step, "message": message}

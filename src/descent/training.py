@@ -151,6 +151,7 @@ def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
         settings.pop(key, None)
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()
+    settings["_convert_"] = "all"  # plain dicts and lists, as Lightning checks them (max_time={hours: 2})
     return settings
 
 
