@@ -63,6 +63,12 @@ BAD_SETTINGS = [
         "+trainer.val_check_interval=0.5",
         "trainer.val_check_interval=0.5 is not allowed: descent evaluates theta^k after whole epochs k",
     ),
+    (
+        "model=mlp",
+        "+trainer.barebones=true",
+        "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "
+        "loggers of its figures); for a lighter run give logger=none and trainer.enable_progress_bar=false",
+    ),
 ]
 
 

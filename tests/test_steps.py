@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import ROOT, compose_train, environment, events, small
+from helpers import ROOT, compose_train, environment, events, points, small
 
 from descent.training import build, build_trainer, train
 
@@ -65,6 +65,13 @@ def test_the_step_loss_is_on_the_step_axis_every_log_every_n_steps(make_cfg, tmp
     assert all(0 < event.value < 5 for event in step_loss)
     assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2]  # per-epoch: the epoch axis
     assert [row["progress/steps"] for row in result["history"]] == [16, 32]
+
+
+def test_log_every_n_steps_0_logs_no_step_loss_as_in_lightning(make_cfg, tmp_path: Path) -> None:
+    """Lightning's log_every_n_steps=0 turns the per-step logging off; the per-epoch figures are logged still."""
+    train(make_cfg("trainer.log_every_n_steps=0", "max_epochs=1"))
+    logged = points(tmp_path / "run")
+    assert "train/step_loss" not in logged and [step for step, _ in logged["train/loss"]] == [1]
 
 
 @pytest.mark.parametrize("algorithm", ["norm", "value"])

@@ -83,6 +83,11 @@ def check_config(cfg: DictConfig) -> None:
         f"trainer.val_check_interval={interval!r} is not allowed: descent evaluates theta^k after whole epochs k, "
         "and its figures are labelled by epoch; drop it, or evaluate less often with trainer.check_val_every_n_epoch=n",
     )
+    require(
+        not cfg.trainer.get("barebones"),
+        "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "
+        "loggers of its figures); for a lighter run give logger=none and trainer.enable_progress_bar=false",
+    )
     train_samples = (cfg.get("eval") or {}).get("train_samples")
     require(
         train_samples is None or (is_whole(train_samples) and train_samples >= 1),

@@ -108,7 +108,8 @@ class Classifier(LightningModule):
         divisor = chunks[0].loss_divisor
         self.samples_seen += round(divisor * self.trainer.world_size)
         self.samples_evaluated += evaluations * round(divisor * self.trainer.world_size)
-        if self.global_step % self.trainer.log_every_n_steps == 0:  # the steps Lightning writes to the logger
+        every = self.trainer.log_every_n_steps  # the steps Lightning writes to the logger (0: none)
+        if every and self.global_step % every == 0:
             self.log(results.STEP_LOSS, loss_sum / divisor, on_step=True, on_epoch=False)
             # Its x-axis, given (Lightning would add its own 0-based "epoch" figure): the count of steps before it,
             # as the loss is that of the weights before this step (resume.GoingOn.purge_step relies on it).
