@@ -65,6 +65,18 @@ BAD_SETTINGS = [
     ),
     (
         "model=mlp",
+        "+trainer.enable_checkpointing=false",
+        "trainer.enable_checkpointing=false is not allowed: every run keeps last.ckpt and best.ckpt, which "
+        "resume=, eval.py and the report read; drop it",
+    ),
+    (
+        "model=mlp",
+        "trainer.default_root_dir=/elsewhere",
+        "trainer.default_root_dir='/elsewhere' is not allowed: a run writes everything into its run dir, which "
+        "hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir=/elsewhere instead",
+    ),
+    (
+        "model=mlp",
         "+trainer.barebones=true",
         "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "
         "loggers of its figures); for a lighter run give logger=none and trainer.enable_progress_bar=false",

@@ -84,6 +84,17 @@ def check_config(cfg: DictConfig) -> None:
         "and its figures are labelled by epoch; drop it, or evaluate less often with trainer.check_val_every_n_epoch=n",
     )
     require(
+        cfg.trainer.get("enable_checkpointing", True) is not False,
+        "trainer.enable_checkpointing=false is not allowed: every run keeps last.ckpt and best.ckpt, which "
+        "resume=, eval.py and the report read; drop it",
+    )
+    root = cfg.trainer.get("default_root_dir")
+    require(
+        root is None or str(root) == str(cfg.run_dir),
+        f"trainer.default_root_dir={root!r} is not allowed: a run writes everything into its run dir, which "
+        f"hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir={root} instead",
+    )
+    require(
         not cfg.trainer.get("barebones"),
         "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "
         "loggers of its figures); for a lighter run give logger=none and trainer.enable_progress_bar=false",
