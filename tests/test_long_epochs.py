@@ -81,10 +81,11 @@ def test_figures_not_over_whole_sets_are_said_where_the_figures_are_read(make_cf
     assert section + "\n![train and test curves]" in report and "whole`:" not in report
 
 
-@pytest.mark.parametrize("value", [0.5, 3])
+@pytest.mark.parametrize("value", [0.5, 3, 1])  # 1, a whole number, is one chunk to Lightning, not the whole set
 def test_a_partial_evaluation_is_refused_and_the_ways_to_spend_less_are_named(make_cfg, value: float) -> None:
     with pytest.raises(DescentError, match=rf"trainer.limit_val_batches={value} is not allowed: .*eval.train_samples"):
         check_config(make_cfg(f"trainer.limit_val_batches={value}"))
+    check_config(make_cfg("trainer.limit_val_batches=1.0"))  # the whole set, as in conf/trainer/
 
 
 def test_evaluating_every_n_epochs_keeps_best_checkpoint_and_noise(make_cfg, tmp_path: Path) -> None:

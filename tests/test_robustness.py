@@ -65,6 +65,11 @@ BAD_SETTINGS = [
     ),
     (
         "model=mlp",
+        "+trainer.limit_test_batches=0.5",
+        "trainer.limit_test_batches=0.5 is not allowed: every figure is over a whole set",
+    ),
+    (
+        "model=mlp",
         "+trainer.enable_checkpointing=false",
         "trainer.enable_checkpointing=false is not allowed: every run keeps last.ckpt and best.ckpt, which "
         "resume=, eval.py and the report read; drop it",

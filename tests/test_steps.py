@@ -16,7 +16,9 @@ import lightning
 import pytest
 import torch
 from helpers import ROOT, compose_train, environment, events, points, small
+from lightning.pytorch.plugins.precision import MixedPrecision
 
+from descent.checkpoints import BackgroundCheckpointIO
 from descent.training import build, build_trainer, train
 
 N_TRAIN = 500  # the fixture's 600 training images less data.val_size=100
@@ -65,6 +67,19 @@ def test_the_step_loss_is_on_the_step_axis_every_log_every_n_steps(make_cfg, tmp
     assert all(0 < event.value < 5 for event in step_loss)
     assert [event.step for event in accumulator.Scalars("train/loss")] == [1, 2]  # per-epoch: the epoch axis
     assert [row["progress/steps"] for row in result["history"]] == [16, 32]
+
+
+MIXED = "{_target_: lightning.pytorch.plugins.precision.MixedPrecision, precision: bf16-mixed, device: cpu}"
+
+
+@pytest.mark.parametrize("plugins", [f"[{MIXED}]", MIXED], ids=["a list", "one"])
+def test_trainer_plugins_reach_lightning_beside_descents_checkpoint_io(make_cfg, tmp_path: Path, plugins) -> None:
+    """`trainer.plugins` (a list or one plugin, as Lightning takes them; here a precision plugin in place of the
+    `precision` flag) joins the plugin descent gives itself."""
+    cfg = make_cfg(f"+trainer.plugins={plugins}", "trainer.precision=null", "logger=none")
+    trainer = build_trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer.precision_plugin, MixedPrecision) and trainer.precision == "bf16-mixed"
+    assert isinstance(trainer.strategy.checkpoint_io, BackgroundCheckpointIO)
 
 
 def test_log_every_n_steps_0_logs_no_step_loss_as_in_lightning(make_cfg, tmp_path: Path) -> None:
@@ -185,9 +200,15 @@ def test_the_debug_options_run_as_lightning_users_know_them(
     captured = capfd.readouterr()
     output = captured.out + captured.err + caplog.text
     if debug == "fast":
-        (row,) = json.loads((tmp_path / "metrics.json").read_text())["history"]
+        result = json.loads((tmp_path / "metrics.json").read_text())
+        (row,) = result["history"]
         assert row["progress/steps"] == 1  # one step, then one chunk of each set
         assert not (tmp_path / "checkpoints").exists()  # fast_dev_run writes no checkpoints
+        line = (  # said before training and under the final table, kept in metrics.json
+            "trainer.fast_dev_run=True: 1 step(s), and each figure is of its set's first 1 chunk(s), not of the "
+            "whole set unless it fits in them"
+        )
+        assert result["partial"] == [line] and f"not over whole sets: {line}" in caplog.text
     elif debug == "profile":
         assert "FIT Profiler Report" in output and "run_training_batch" in output
     else:

@@ -64,13 +64,14 @@ def check_config(cfg: DictConfig) -> None:
     )
     noise = cfg.get("noise") or {}
     check_noise(noise.get("batch_size", 1), noise.get("samples", 1))
-    limit = cfg.trainer.get("limit_val_batches", 1.0)
-    require(
-        limit == 1.0 or limit is None,
-        f"trainer.limit_val_batches={limit!r} is not allowed: every figure is over a whole set; to spend less on "
-        "the evaluation, evaluate the training figures on a fixed subset (eval.train_samples=10000) or evaluate "
-        "every n epochs (trainer.check_val_every_n_epoch=n)",
-    )
+    for key in ("limit_val_batches", "limit_test_batches"):  # every set is evaluated in the validation loop
+        limit = cfg.trainer.get(key, 1.0)
+        require(
+            limit is None or (isinstance(limit, float) and limit == 1.0),  # an int is a count of chunks: 1 is one
+            f"trainer.{key}={limit!r} is not allowed: every figure is over a whole set (1.0; a whole number is a "
+            "count of chunks to Lightning); to spend less on the evaluation, evaluate the training figures on a fixed "
+            "subset (eval.train_samples=10000) or evaluate every n epochs (trainer.check_val_every_n_epoch=n)",
+        )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     require(
         accumulate == 1,

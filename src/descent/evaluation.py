@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data, model = build(run_cfg)
     check_fits(ckpt_path, model)
     trainer = instantiate(
-        trainer_settings(run_cfg.trainer), logger=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()]
+        trainer_settings(run_cfg.trainer, AtomicCheckpointIO()), logger=False, enable_checkpointing=False
     )
     in_precision(model, trainer)
     partial = partial_figures(trainer, data)

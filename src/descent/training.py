@@ -9,6 +9,7 @@ from typing import Any
 import lightning
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,7 +109,7 @@ def build_trainer(
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode=mode, enable_version_counter=False)
     last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
     chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-    settings = trainer_settings(cfg.trainer)
+    settings = trainer_settings(cfg.trainer, BackgroundCheckpointIO())
     if settings["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in [*chosen, *callbacks]):
         chosen.append(progress_bar())  # Lightning's own, fed ten times a second rather than every step
     elif not settings["enable_progress_bar"] and cfg.get("progress_every_minutes"):
@@ -124,7 +125,6 @@ def build_trainer(
             *chosen,
             *callbacks,
         ],  # fmt: skip
-        plugins=[BackgroundCheckpointIO()],
         **overrides,
     )
 
@@ -142,15 +142,17 @@ def measurements(cfg: DictConfig) -> tuple[Callback, ...]:
     return tuple(chosen)
 
 
-def trainer_settings(trainer: DictConfig) -> dict[str, Any]:
-    """`trainer` as Lightning's Trainer takes it: clipping left to the module (see Classifier), and the progress
-    bar, unless set, on in a terminal and off in a log file (one line per epoch there); `build_trainer` gives the
-    bar it shows (`descent.progress`)."""
+def trainer_settings(trainer: DictConfig, checkpoint_io: CheckpointIO) -> dict[str, Any]:
+    """`trainer` as Lightning's Trainer takes it: clipping left to the module (see Classifier), the progress bar,
+    unless set, on in a terminal and off in a log file (one line per epoch there; `build_trainer` gives the bar it
+    shows, `descent.progress`), and descent's `checkpoint_io` before the plugins `trainer.plugins` names."""
     settings = OmegaConf.to_container(trainer, resolve=True)
     for key in CLIPPING:
         settings.pop(key, None)
     if settings.get("enable_progress_bar") is None:
         settings["enable_progress_bar"] = sys.stderr.isatty()
+    theirs = settings.get("plugins") or []
+    settings["plugins"] = [checkpoint_io, *(theirs if isinstance(theirs, list) else [theirs])]
     settings["_convert_"] = "all"  # plain dicts and lists, as Lightning checks them (max_time={hours: 2})
     return settings
 
@@ -238,6 +240,12 @@ def partial_figures(trainer: lightning.Trainer, data: ImageData) -> list[str]:
     """Where the run's figures are not over whole sets, and what they are over: said before training, and kept in
     metrics.json, where the sweep summary and the report say it again beside the figures."""
     partial = []
+    if trainer.fast_dev_run:  # Lightning's limit of every loop to its first n batches (debug=fast)
+        n = int(trainer.fast_dev_run)
+        partial.append(
+            f"trainer.fast_dev_run={trainer.fast_dev_run}: {n} step(s), and each figure is of its set's first {n} "
+            "chunk(s), not of the whole set unless it fits in them"
+        )
     if trainer.overfit_batches:  # Lightning limits the evaluation to as many chunks as the training's steps
         partial.append(
             f"trainer.overfit_batches={trainer.overfit_batches}: the same first steps every epoch, and each figure "
