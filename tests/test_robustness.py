@@ -81,6 +81,11 @@ BAD_SETTINGS = [
         "hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir=/elsewhere instead",
     ),
     (
+        "model=resnet",
+        "+trainer.sync_batchnorm=true",
+        "trainer.sync_batchnorm=true is not allowed: under DDP it would replace descent's BatchNorm",
+    ),
+    (
         "model=mlp",
         "+trainer.barebones=true",
         "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "

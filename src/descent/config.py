@@ -96,6 +96,12 @@ def check_config(cfg: DictConfig) -> None:
         f"hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir={root} instead",
     )
     require(
+        not cfg.trainer.get("sync_batchnorm"),
+        "trainer.sync_batchnorm=true is not allowed: under DDP it would replace descent's BatchNorm, which normalises "
+        "fixed groups of model.norm_batch_size samples and so is the same on any number of ranks already "
+        "(docs/exact_gd.md); drop it",
+    )
+    require(
         not cfg.trainer.get("barebones"),
         "trainer.barebones=true is not allowed: it turns off what a descent run is made of (its checkpoints, the "
         "loggers of its figures); for a lighter run give logger=none and trainer.enable_progress_bar=false",
