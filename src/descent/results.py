@@ -126,12 +126,12 @@ def summary(
 
 def epoch_line(row: dict[str, float]) -> str:
     """One epoch's log line: what a run without a progress bar prints after each epoch (the configured metrics'
-    validation figures among them)."""
+    validation figures among them); its steps and training seconds are the run's so far, not the epoch's."""
     configured = "".join(f"{name} {row[f'val/{name}']:.4f} " for name in user_metrics(row))
     return (
         f"epoch {int(row['epoch'])}  train loss {row['train/loss']:.4f} err {100 * row['train/error']:.2f}%  "
         f"val err {100 * row['val/error']:.2f}% {configured} test loss {row['test/loss']:.4f} "
-        f"err {100 * row['test/error']:.2f}%  ({int(row[STEPS])} steps, {row[TRAIN_S]:.1f} s, "
+        f"err {100 * row['test/error']:.2f}%  ({int(row[STEPS])} steps, {row[TRAIN_S]:.1f} s so far, "
         f"lr {row[LR]:.4g})"
     )
 
@@ -140,7 +140,7 @@ def unevaluated_line(epoch: int, max_epochs: int, every: int, steps: int, second
     """The line of an epoch without an evaluation (trainer.check_val_every_n_epoch > 1): how far the run is."""
     return (
         f"epoch {epoch} of {max_epochs} trained, not evaluated (trainer.check_val_every_n_epoch={every}): "
-        f"{steps} steps, {seconds:.1f} s, lr {lr:.4g}"
+        f"{steps} steps, {seconds:.1f} s so far, lr {lr:.4g}"
     )
 
 
