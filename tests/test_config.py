@@ -285,6 +285,30 @@ def test_a_network_setting_it_does_not_take_is_refused_before_data(make_cfg) -> 
         check_config(cfg)
 
 
+def test_a_key_a_config_file_sets_that_its_class_does_not_take_is_refused(make_cfg, tmp_path: Path) -> None:
+    """A typo in a yaml of one's own, which the command line's check never sees: one line naming the key, the class
+    and its nearest argument (or, with none near, what it takes), before any data is loaded; not a traceback once
+    the optimizer is built, nor a setting dropped."""
+    own = tmp_path / "own"
+    (own / "optimizer").mkdir(parents=True)
+    (own / "optimizer" / "mine.yaml").write_text("_target_: torch.optim.SGD\n_partial_: true\nlr: 0.1\nlrr: 0.2\n")
+    (own / "callbacks").mkdir()
+    (own / "callbacks" / "mine.yaml").write_text(
+        "early_stopping:\n  _target_: lightning.pytorch.callbacks.EarlyStopping\n  monitor: val/error\n  quiet: true\n"
+    )
+    searchpath = f"hydra.searchpath=[file://{own}]"
+    refused = {
+        "optimizer=mine": "optimizer.lrr is set in a config file, but torch.optim.SGD takes no lrr: did you mean "
+        "optimizer.lr?",
+        "callbacks=mine": "callbacks.early_stopping.quiet is set in a config file, but "
+        "lightning.pytorch.callbacks.EarlyStopping takes no quiet: it takes check_finite, check_on_train_epoch_end,",
+    }
+    for choice, message in refused.items():
+        with pytest.raises(DescentError) as error:
+            check_config(make_cfg(searchpath, choice, "data.data_dir=/nonexistent"))
+        assert str(error.value).startswith(message)
+
+
 @pytest.mark.parametrize("callbacks", options("callbacks"))
 def test_callbacks_options_instantiate_lightning_callbacks(make_cfg, callbacks: str) -> None:
     from descent.training import build_trainer

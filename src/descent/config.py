@@ -128,6 +128,7 @@ def check_config(cfg: DictConfig) -> None:
         f"progress_every_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
     )
     check_net(cfg.model)  # imports the network's module, hence torch: after the checks that need neither
+    check_node_arguments(cfg)
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -174,6 +175,33 @@ def check_net(model: DictConfig) -> None:
         check(**settings)
     if backprop == "manual":
         check_mlp(build if isinstance(build, type) else object)
+
+
+def check_node_arguments(cfg: DictConfig) -> None:
+    """Every key of a node that builds a class (`_target_`) is an argument of that class: a typo in a config file
+    (`lrr: 0.1` in an optimizer yaml of one's own) is one line before training, not a traceback once the optimizer
+    is built, nor a setting dropped. The command line's keys are checked before Hydra runs (descent.command_keys);
+    model.net by `check_net`."""
+    import difflib
+
+    from descent.command_keys import HYDRA_KEYS, target_parameters
+
+    def visit(node: object, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        target = node.get("_target_")
+        if isinstance(target, str) and path != "model.net":
+            parameters = target_parameters(target)  # None: it takes any, or Hydra will say why it cannot import it
+            for key in node if parameters is not None else ():
+                if isinstance(key, str) and key not in HYDRA_KEYS and key not in parameters:
+                    near = difflib.get_close_matches(key, sorted(parameters), n=1)
+                    hint = f"did you mean {path}.{near[0]}?" if near else f"it takes {', '.join(sorted(parameters))}"
+                    require(False, f"{path}.{key} is set in a config file, but {target} takes no {key}: {hint}")
+        for key, value in node.items():
+            if key != "hydra":
+                visit(value, f"{path}.{key}".lstrip("."))
+
+    visit(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def one_max_epochs(cfg: DictConfig) -> None:
