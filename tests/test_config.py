@@ -309,6 +309,64 @@ def test_a_key_a_config_file_sets_that_its_class_does_not_take_is_refused(make_c
         assert str(error.value).startswith(message)
 
 
+KWARGS_TAKEN = """\
+# @package _global_
+trainer:
+  strategy:
+    _target_: lightning.pytorch.strategies.DDPStrategy
+    find_unused_parameters: true
+  profiler:
+    _target_: lightning.pytorch.profilers.PyTorchProfiler
+    profile_memory: true
+logger:
+  tensorboard:
+    flush_secs: 30
+metrics:
+  f1:
+    _target_: torchmetrics.classification.MulticlassF1Score
+    sync_on_compute: false
+  acc:
+    _target_: torchmetrics.Accuracy
+    task: multiclass
+"""
+"""Keys that classes taking **kwargs keep or pass on (a DDP strategy's, a profiler's, a logger's, torchmetrics'),
+and a class built by `__new__` (torchmetrics' task wrapper): all of them work, so none may be refused."""
+
+
+def test_keys_of_classes_that_take_any_are_accepted_from_config_files(make_cfg, tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    (own / "experiment").mkdir(parents=True)
+    (own / "experiment" / "kwargs.yaml").write_text(KWARGS_TAKEN)
+    cfg = make_cfg(f"hydra.searchpath=[file://{own}]", "experiment=kwargs", "data.data_dir=/nonexistent")
+    assert cfg.trainer.strategy.find_unused_parameters and cfg.metrics.acc.task == "multiclass"
+    check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (
+            "{_target_: lightning.pytorch.plugins.precision.MixedPrecision, precision: bf16-mixed, device: cpu}",
+            "trainer.plugins: lightning.pytorch.plugins.precision.MixedPrecision is a precision plugin, and "
+            "trainer.precision=32-true sets one too: Lightning takes one of them; give trainer.precision=null to use "
+            "the plugin",
+        ),
+        (
+            "[{_target_: lightning.pytorch.plugins.io.TorchCheckpointIO}]",
+            "trainer.plugins: lightning.pytorch.plugins.io.TorchCheckpointIO is a CheckpointIO, and descent writes "
+            "checkpoints with its own (atomically, in the background); drop it",
+        ),
+    ],
+    ids=["precision", "checkpoint_io"],
+)
+def test_a_plugin_lightning_would_refuse_beside_descents_is_one_line(make_cfg, plugin: str, message: str) -> None:
+    """A precision plugin beside the precision flag, or a second CheckpointIO: Lightning's error, in Hydra's lines,
+    after the run dir was made; here one line before any data is loaded."""
+    with pytest.raises(DescentError) as error:
+        check_config(make_cfg(f"+trainer.plugins={plugin}", "data.data_dir=/nonexistent"))
+    assert str(error.value) == message
+
+
 @pytest.mark.parametrize("callbacks", options("callbacks"))
 def test_callbacks_options_instantiate_lightning_callbacks(make_cfg, callbacks: str) -> None:
     from descent.training import build_trainer

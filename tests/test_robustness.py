@@ -78,7 +78,7 @@ BAD_SETTINGS = [
         "model=mlp",
         "trainer.default_root_dir=/elsewhere",
         "trainer.default_root_dir='/elsewhere' is not allowed: a run writes everything into its run dir, which "
-        "hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir=/elsewhere instead",
+        "hydra.run.dir sets; give hydra.run.dir=/elsewhere instead (for a sweep's jobs, hydra.sweep.dir=/elsewhere)",
     ),
     (
         "model=resnet",

@@ -116,14 +116,23 @@ def test_max_steps_stops_mid_epoch_and_evaluates_the_weights_it_ends_with(make_c
 @pytest.mark.parametrize(
     ("settings", "reason", "said"),
     [
-        (["+trainer.max_time={seconds: 1}"], "max_time", "ended at trainer.max_time (1 s of fit), in epoch "),
+        (
+            ["+trainer.max_time={seconds: 1}"],
+            "max_time",
+            "ended at its time limit (1 s of fit: trainer.max_time, Lightning's Timer), in epoch ",
+        ),
         (
             ["+callbacks.stop._target_=helpers.StopInEpoch", "+callbacks.stop.epoch=2"],
             "stopped",
             "ended in epoch 2 of max_epochs=1000: a callback set trainer.should_stop",
         ),
+        (  # in the first epoch, whose index Lightning's stopped_epoch gives as 0
+            ["callbacks=early_stopping", "+callbacks.early_stopping.stopping_threshold=0.99"],
+            "early_stopping",
+            "ended early after epoch 1: Stopping threshold reached",
+        ),
     ],
-    ids=["max_time", "a callback"],
+    ids=["max_time", "a callback", "early stopping in epoch 1"],
 )
 def test_a_run_stopped_by_max_time_or_a_callback_says_why_not_max_epochs(
     make_cfg, settings: list[str], reason: str, said: str
@@ -134,7 +143,23 @@ def test_a_run_stopped_by_max_time_or_a_callback_says_why_not_max_epochs(
     ended, last = result["ended"], result["history"][-1]
     assert (ended["reason"], ended["message"][: len(said)]) == (reason, said)
     assert ended["epoch"] == last["epoch"] < 1000 and ended["step"] == last["progress/steps"]
-    assert ended["message"].endswith(f"in epoch {last['epoch']}") or reason == "stopped"
+    assert ended["message"].endswith(f"in epoch {last['epoch']}") or reason != "max_time"
+
+
+def test_a_stop_in_an_epoch_left_unevaluated_says_its_figures_are_the_last_evaluated_epochs(make_cfg) -> None:
+    """With trainer.check_val_every_n_epoch=2, Lightning neither evaluates nor writes last.ckpt in epoch 3, where
+    max_steps (or a callback) stops the run: it says so, rather than that it ended in epoch 2."""
+    result = train(make_cfg("trainer.check_val_every_n_epoch=2", "trainer.max_steps=20", "max_epochs=4",
+                            "batch_size=64", "logger=none"))  # fmt: skip
+    assert [(row["epoch"], row["progress/steps"]) for row in result["history"]] == [(2, 16)]
+    assert result["ended"] == {
+        "reason": "max_steps",
+        "epoch": 3,
+        "step": 20,
+        "message": "ended at trainer.max_steps=20, in epoch 3, at step 20; its figures and last.ckpt are epoch 2's, "
+        "the last evaluated (trainer.check_val_every_n_epoch=2): the steps after it were neither evaluated nor kept "
+        "in last.ckpt",
+    }
 
 
 def test_limit_train_batches_takes_that_many_steps_an_epoch(make_cfg) -> None:

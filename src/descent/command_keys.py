@@ -237,6 +237,29 @@ def target_parameters(target: str) -> frozenset[str] | None:
     return frozenset(names) if isinstance(built, type) else None
 
 
+def closed_parameters(target: str) -> frozenset[str] | None:
+    """The keyword arguments `target` takes where its signature names all of them; None where it takes **kwargs
+    (a class may keep them for later, as a DDP strategy or a logger does, rather than pass them to its base), is
+    built by a `__new__` (torchmetrics' task wrappers), or cannot be imported: what a config file may give it."""
+    try:
+        built = get_object(target)
+    except Exception:
+        return None
+    if isinstance(built, type):
+        if any("__new__" in vars(cls) for cls in built.__mro__ if cls is not object):
+            return None
+        function = next(cls.__init__ for cls in built.__mro__ if "__init__" in vars(cls))
+    else:
+        function = built
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {"self"}
+
+
 class Configs:
     """Composed configs as plain containers (interpolations unresolved), each composed when first read; None for
     one that Hydra cannot compose (Hydra says why when it runs)."""

@@ -93,7 +93,7 @@ def check_config(cfg: DictConfig) -> None:
     require(
         root is None or str(root) == str(cfg.run_dir),
         f"trainer.default_root_dir={root!r} is not allowed: a run writes everything into its run dir, which "
-        f"hydra.run.dir sets (hydra.sweep.dir in a sweep); give hydra.run.dir={root} instead",
+        f"hydra.run.dir sets; give hydra.run.dir={root} instead (for a sweep's jobs, hydra.sweep.dir={root})",
     )
     require(
         not cfg.trainer.get("sync_batchnorm"),
@@ -129,6 +129,7 @@ def check_config(cfg: DictConfig) -> None:
     )
     check_net(cfg.model)  # imports the network's module, hence torch: after the checks that need neither
     check_node_arguments(cfg)
+    check_plugins(cfg.trainer)
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -178,30 +179,62 @@ def check_net(model: DictConfig) -> None:
 
 
 def check_node_arguments(cfg: DictConfig) -> None:
-    """Every key of a node that builds a class (`_target_`) is an argument of that class: a typo in a config file
-    (`lrr: 0.1` in an optimizer yaml of one's own) is one line before training, not a traceback once the optimizer
-    is built, nor a setting dropped. The command line's keys are checked before Hydra runs (descent.command_keys);
-    model.net by `check_net`."""
+    """Every key of a node that builds a class (`_target_`) is an argument of that class, where its signature names
+    them all: a typo in a config file (`lrr: 0.1` in an optimizer yaml of one's own) is one line before training,
+    not a traceback once the optimizer is built, nor a setting dropped. A class taking **kwargs may take any key.
+    The command line's keys are checked before Hydra runs (descent.command_keys); model.net by `check_net`."""
     import difflib
 
-    from descent.command_keys import HYDRA_KEYS, target_parameters
+    from descent.command_keys import HYDRA_KEYS, closed_parameters
 
     def visit(node: object, path: str) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                visit(item, f"{path}[{i}]")
+            return
         if not isinstance(node, dict):
             return
         target = node.get("_target_")
-        if isinstance(target, str) and path != "model.net":
-            parameters = target_parameters(target)  # None: it takes any, or Hydra will say why it cannot import it
-            for key in node if parameters is not None else ():
-                if isinstance(key, str) and key not in HYDRA_KEYS and key not in parameters:
-                    near = difflib.get_close_matches(key, sorted(parameters), n=1)
-                    hint = f"did you mean {path}.{near[0]}?" if near else f"it takes {', '.join(sorted(parameters))}"
-                    require(False, f"{path}.{key} is set in a config file, but {target} takes no {key}: {hint}")
+        parameters = closed_parameters(target) if isinstance(target, str) and path != "model.net" else None
+        for key in node if parameters is not None else ():
+            if isinstance(key, str) and key not in HYDRA_KEYS and key not in parameters:
+                near = difflib.get_close_matches(key, sorted(parameters), n=1)
+                takes = f"it takes {', '.join(sorted(parameters))}" if parameters else "it takes no arguments"
+                hint = f"did you mean {path}.{near[0]}?" if near else takes
+                require(False, f"{path}.{key} is set in a config file, but {target} takes no {key}: {hint}")
         for key, value in node.items():
             if key != "hydra":
                 visit(value, f"{path}.{key}".lstrip("."))
 
     visit(OmegaConf.to_container(cfg, resolve=False), "")
+
+
+def check_plugins(trainer: DictConfig) -> None:
+    """`trainer.plugins` reach Lightning after descent's own CheckpointIO (`descent.training.trainer_settings`):
+    another CheckpointIO, or a precision plugin beside the `precision` flag, would end in Lightning's error."""
+    plugins = trainer.get("plugins") or []
+    for plugin in plugins if OmegaConf.is_list(plugins) else [plugins]:
+        target = plugin.get("_target_") if OmegaConf.is_dict(plugin) else None
+        try:
+            built = get_object(target) if isinstance(target, str) else None
+        except Exception:
+            continue  # Hydra says why it cannot import it
+        if not isinstance(built, type):
+            continue
+        from lightning.pytorch.plugins.io import CheckpointIO
+        from lightning.pytorch.plugins.precision import Precision
+
+        require(
+            not issubclass(built, CheckpointIO),
+            f"trainer.plugins: {target} is a CheckpointIO, and descent writes checkpoints with its own (atomically, "
+            "in the background); drop it",
+        )
+        precision = trainer.get("precision")
+        require(
+            not issubclass(built, Precision) or precision is None,
+            f"trainer.plugins: {target} is a precision plugin, and trainer.precision={precision} sets one too: "
+            "Lightning takes one of them; give trainer.precision=null to use the plugin",
+        )
 
 
 def one_max_epochs(cfg: DictConfig) -> None:

@@ -132,29 +132,44 @@ def stop_on_signals() -> Iterator[dict[int, Any]]:
             signal.signal(number, handler)
 
 
-def why_it_ended(trainer: Any, epoch: int) -> dict[str, Any]:
-    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, Lightning's max_time, an
-    early-stopping callback, a search's pruner (descent.trial), or any other callback that set `should_stop`."""
+def why_it_ended(trainer: Any, last: dict[str, float]) -> dict[str, Any]:
+    """Why fit returned, for metrics.json and the console: max_epochs, max_steps, a time limit (Lightning's Timer:
+    trainer.max_time), an early-stopping callback, a search's pruner (descent.trial), or any other callback that
+    set `should_stop`; the epoch it ended in, and whether `last`, the last evaluated epoch's row, is of the weights
+    it ended with (a stop in an epoch that trainer.check_val_every_n_epoch leaves out is not evaluated)."""
     from lightning.pytorch.callbacks import Timer
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
     from descent.trial import TrialReports
 
+    epoch, step = trainer.current_epoch, trainer.global_step  # after fit: the epoch it ended in, from 1
     stopper = trainer.early_stopping_callback
     pruned = [c for c in trainer.callbacks if isinstance(c, TrialReports) and c.pruned_after is not None]
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    max_time = timer.time_remaining() if timer is not None else None  # None: no max_time
+    left = timer.time_remaining() if timer is not None else None  # None: no time limit
     if pruned:
         reason, message = "pruned", pruned[0].why()
-    elif stopper is not None and stopper.stopped_epoch > 0:
+    elif (
+        stopper is not None
+        and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+        and stopper.stopped_epoch == epoch - 1  # in this fit, not one a resumed run's state recalls
+    ):
         reason, message = "early_stopping", f"ended early after epoch {epoch}: {stopper.stopping_reason_message}"
-    elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+    elif trainer.max_steps != -1 and step >= trainer.max_steps:
         reason, message = "max_steps", f"ended at trainer.max_steps={trainer.max_steps}, in epoch {epoch}"
-    elif timer is not None and max_time is not None and max_time <= 0:
-        limit = round(timer.time_elapsed() + max_time)  # the duration it was given, in seconds
-        reason, message = "max_time", f"ended at trainer.max_time ({limit} s of fit), in epoch {epoch}"
-    elif trainer.max_epochs not in (None, -1) and trainer.current_epoch < trainer.max_epochs:
+    elif timer is not None and left is not None and left <= 0:
+        limit = round(timer.time_elapsed() + left)  # the duration it was given, in seconds
+        reason = "max_time"
+        message = f"ended at its time limit ({limit} s of fit: trainer.max_time, Lightning's Timer), in epoch {epoch}"
+    elif trainer.max_epochs not in (None, -1) and epoch < trainer.max_epochs:
         reason = "stopped"
         message = f"ended in epoch {epoch} of max_epochs={trainer.max_epochs}: a callback set trainer.should_stop"
     else:
         reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
-    return {"reason": reason, "epoch": epoch, "step": trainer.global_step, "message": message}
+    if last["progress/steps"] != step:  # Lightning evaluates and writes last.ckpt in evaluated epochs only
+        message += (
+            f", at step {step}; its figures and last.ckpt are epoch {int(last['epoch'])}'s, the last evaluated "
+            f"(trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch}): the steps after it were neither "
+            "evaluated nor kept in last.ckpt"
+        )
+    return {"reason": reason, "epoch": epoch, "step": step, "message": message}

@@ -221,7 +221,7 @@ def train(cfg: DictConfig, going_on: GoingOn | None = None) -> dict[str, Any]:
     finally:
         finish_logger_runs(trainer)
     require(model.history, "trainer: the run ended before its first evaluation; nothing to report")
-    result = summarise(model, trainer, cfg, partial) | {"ended": why_it_ended(trainer, model.history[-1]["epoch"])}
+    result = summarise(model, trainer, cfg, partial) | {"ended": why_it_ended(trainer, model.history[-1])}
     if trainer.is_global_zero:
         replace_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
         log.info("%s", result["ended"]["message"])
