@@ -104,9 +104,15 @@ with hidden layers gets one of 32, unless the test says otherwise: `make_cfg`)."
 def compose_config(name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """`name` (train, eval) composed as the command line would: from conf/, with a fork's own dir after it on
     Hydra's search path, where `-cd` puts it."""
-    layered = [f"hydra.searchpath=[file://{OWN_CONF}]"] if OWN_CONF else []
+    given = any(override.startswith("hydra.searchpath=") for override in overrides)  # `searchpath` includes it
+    layered = [f"hydra.searchpath=[file://{OWN_CONF}]"] if OWN_CONF and not given else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(name, overrides=[*layered, *overrides], return_hydra_config=return_hydra_config)
+
+
+def searchpath(*dirs: Path) -> str:
+    """`hydra.searchpath=` with config dirs of a test's own and, in a fork's tests, the fork's dir after them."""
+    return "hydra.searchpath=[" + ",".join(f"file://{d}" for d in [*dirs, *([OWN_CONF] if OWN_CONF else [])]) + "]"
 
 
 def compose_train(*overrides: str) -> DictConfig:

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from helpers import CONF_DIRS, ROOT, compose_config, compose_train, conf_file, options
+from helpers import CONF_DIRS, ROOT, compose_config, compose_train, conf_file, options, searchpath
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -296,7 +296,7 @@ def test_a_key_a_config_file_sets_that_its_class_does_not_take_is_refused(make_c
     (own / "callbacks" / "mine.yaml").write_text(
         "early_stopping:\n  _target_: lightning.pytorch.callbacks.EarlyStopping\n  monitor: val/error\n  quiet: true\n"
     )
-    searchpath = f"hydra.searchpath=[file://{own}]"
+    own_dir = searchpath(own)
     refused = {
         "optimizer=mine": "optimizer.lrr is set in a config file, but torch.optim.SGD takes no lrr: did you mean "
         "optimizer.lr?",
@@ -305,7 +305,7 @@ def test_a_key_a_config_file_sets_that_its_class_does_not_take_is_refused(make_c
     }
     for choice, message in refused.items():
         with pytest.raises(DescentError) as error:
-            check_config(make_cfg(searchpath, choice, "data.data_dir=/nonexistent"))
+            check_config(make_cfg(own_dir, choice, "data.data_dir=/nonexistent"))
         assert str(error.value).startswith(message)
 
 
@@ -337,7 +337,7 @@ def test_keys_of_classes_that_take_any_are_accepted_from_config_files(make_cfg, 
     own = tmp_path / "own"
     (own / "experiment").mkdir(parents=True)
     (own / "experiment" / "kwargs.yaml").write_text(KWARGS_TAKEN)
-    cfg = make_cfg(f"hydra.searchpath=[file://{own}]", "experiment=kwargs", "data.data_dir=/nonexistent")
+    cfg = make_cfg(searchpath(own), "experiment=kwargs", "data.data_dir=/nonexistent")
     assert cfg.trainer.strategy.find_unused_parameters and cfg.metrics.acc.task == "multiclass"
     check_config(cfg)
 

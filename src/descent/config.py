@@ -89,9 +89,9 @@ def check_config(cfg: DictConfig) -> None:
         "trainer.enable_checkpointing=false is not allowed: every run keeps last.ckpt and best.ckpt, which "
         "resume=, eval.py and the report read; drop it",
     )
-    root = cfg.trainer.get("default_root_dir")
+    root = OmegaConf.to_container(cfg.trainer, resolve=False).get("default_root_dir")  # as given: ${run_dir}
     require(
-        root is None or str(root) == str(cfg.run_dir),
+        root in (None, "${run_dir}") or str(root) == str(cfg.run_dir),
         f"trainer.default_root_dir={root!r} is not allowed: a run writes everything into its run dir, which "
         f"hydra.run.dir sets; give hydra.run.dir={root} instead (for a sweep's jobs, hydra.sweep.dir={root})",
     )
