@@ -221,18 +221,13 @@ def target_parameters(target: str) -> frozenset[str] | None:
         built = get_object(target)
     except Exception:
         return None
-    if isinstance(built, type):
-        functions = [cls.__init__ for cls in built.__mro__ if "__init__" in vars(cls) and cls is not object]
-    else:
-        functions = [built]
     names: set[str] = set()
-    for function in functions:
-        try:
-            parameters = inspect.signature(function).parameters.values()
-        except (TypeError, ValueError):
+    for function in initialisers(built):
+        found = keywords(function)
+        if found is None:
             return None
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        names |= found[0]
+        if not found[1]:
             return frozenset(names)
     return frozenset(names) if isinstance(built, type) else None
 
@@ -245,19 +240,27 @@ def closed_parameters(target: str) -> frozenset[str] | None:
         built = get_object(target)
     except Exception:
         return None
-    if isinstance(built, type):
-        if any("__new__" in vars(cls) for cls in built.__mro__ if cls is not object):
-            return None
-        function = next(cls.__init__ for cls in built.__mro__ if "__init__" in vars(cls))
-    else:
-        function = built
+    if isinstance(built, type) and any("__new__" in vars(cls) for cls in built.__mro__ if cls is not object):
+        return None
+    found = keywords(next(iter(initialisers(built)), object.__init__))
+    return frozenset(found[0]) if found is not None and not found[1] else None
+
+
+def initialisers(built: Any) -> list[Any]:
+    """What a call of `built` runs: a function itself, or a class's `__init__`s from its own to its bases'."""
+    if not isinstance(built, type):
+        return [built]
+    return [cls.__init__ for cls in built.__mro__ if "__init__" in vars(cls) and cls is not object]
+
+
+def keywords(function: Any) -> tuple[set[str], bool] | None:
+    """The keyword arguments `function` names, and whether it takes **kwargs besides; None without a signature."""
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
         return None
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) - {"self"}
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class Configs:
