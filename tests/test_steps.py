@@ -146,20 +146,29 @@ def test_a_run_stopped_by_max_time_or_a_callback_says_why_not_max_epochs(
     assert ended["message"].endswith(f"in epoch {last['epoch']}") or reason != "max_time"
 
 
-def test_a_stop_in_an_epoch_left_unevaluated_says_its_figures_are_the_last_evaluated_epochs(make_cfg) -> None:
-    """With trainer.check_val_every_n_epoch=2, Lightning neither evaluates nor writes last.ckpt in epoch 3, where
-    max_steps (or a callback) stops the run: it says so, rather than that it ended in epoch 2."""
-    result = train(make_cfg("trainer.check_val_every_n_epoch=2", "trainer.max_steps=20", "max_epochs=4",
-                            "batch_size=64", "logger=none"))  # fmt: skip
-    assert [(row["epoch"], row["progress/steps"]) for row in result["history"]] == [(2, 16)]
-    assert result["ended"] == {
+def test_an_epoch_left_unevaluated_keeps_its_weights_in_last_ckpt_and_says_its_figures_are_older(
+    make_cfg, tmp_path: Path
+) -> None:
+    """With trainer.check_val_every_n_epoch=2, epoch 3 is not evaluated, and Lightning's default would not write
+    last.ckpt at its end either: where max_steps (or a callback) stops the run in it, or where it is the last,
+    last.ckpt holds the weights the run ended with, and the run says its figures are epoch 2's."""
+    stopped = train(make_cfg("trainer.check_val_every_n_epoch=2", "trainer.max_steps=20", "max_epochs=4",
+                             "batch_size=64", "logger=none"))  # fmt: skip
+    assert [(row["epoch"], row["progress/steps"]) for row in stopped["history"]] == [(2, 16)]
+    assert stopped["ended"] == {
         "reason": "max_steps",
         "epoch": 3,
         "step": 20,
-        "message": "ended at trainer.max_steps=20, in epoch 3, at step 20; its figures and last.ckpt are epoch 2's, "
-        "the last evaluated (trainer.check_val_every_n_epoch=2): the steps after it were neither evaluated nor kept "
-        "in last.ckpt",
+        "message": "ended at trainer.max_steps=20, in epoch 3, at step 20; its figures are epoch 2's, the last "
+        "evaluated (trainer.check_val_every_n_epoch=2), and last.ckpt holds the weights it ended with, not evaluated",
     }
+    kept = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (kept["global_step"], kept["epoch"]) == (20, 3)
+    ended = train(make_cfg("trainer.check_val_every_n_epoch=2", "max_epochs=3", "batch_size=64", "logger=none",
+                           run_dir=tmp_path / "three"))  # fmt: skip
+    assert ended["ended"]["message"].startswith("ended after max_epochs=3, at step 24; its figures are epoch 2's")
+    kept = torch.load(tmp_path / "three" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (kept["global_step"], kept["epoch"]) == (24, 3)
 
 
 def test_limit_train_batches_takes_that_many_steps_an_epoch(make_cfg) -> None:

@@ -136,7 +136,7 @@ def why_it_ended(trainer: Any, last: dict[str, float]) -> dict[str, Any]:
     """Why fit returned, for metrics.json and the console: max_epochs, max_steps, a time limit (Lightning's Timer:
     trainer.max_time), an early-stopping callback, a search's pruner (descent.trial), or any other callback that
     set `should_stop`; the epoch it ended in, and whether `last`, the last evaluated epoch's row, is of the weights
-    it ended with (a stop in an epoch that trainer.check_val_every_n_epoch leaves out is not evaluated)."""
+    it ended with (an epoch that trainer.check_val_every_n_epoch leaves out is not evaluated, a stop in it neither)."""
     from lightning.pytorch.callbacks import Timer
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
@@ -166,10 +166,10 @@ def why_it_ended(trainer: Any, last: dict[str, float]) -> dict[str, Any]:
         message = f"ended in epoch {epoch} of max_epochs={trainer.max_epochs}: a callback set trainer.should_stop"
     else:
         reason, message = "max_epochs", f"ended after max_epochs={trainer.max_epochs}"
-    if last["progress/steps"] != step:  # Lightning evaluates and writes last.ckpt in evaluated epochs only
+    if last["progress/steps"] != step:  # a stop, or the end, in an epoch left unevaluated
         message += (
-            f", at step {step}; its figures and last.ckpt are epoch {int(last['epoch'])}'s, the last evaluated "
-            f"(trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch}): the steps after it were neither "
-            "evaluated nor kept in last.ckpt"
+            f", at step {step}; its figures are epoch {int(last['epoch'])}'s, the last evaluated "
+            f"(trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch}), and last.ckpt holds the weights "
+            "it ended with, not evaluated"
         )
     return {"reason": reason, "epoch": epoch, "step": step, "message": message}

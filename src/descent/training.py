@@ -107,7 +107,8 @@ def build_trainer(
     # Two callbacks, not save_last=True: Lightning 2.6 writes "last" only in epochs that improved "best".
     mode = monitor_mode(cfg.monitor, cfg.get("metrics"))
     best = ModelCheckpoint(run_dir / "checkpoints", "best", cfg.monitor, mode=mode, enable_version_counter=False)
-    last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False)
+    # At every epoch's end, evaluated or not: Lightning's default skips epochs check_val_every_n_epoch leaves out.
+    last = ModelCheckpoint(run_dir / "checkpoints", "last", enable_version_counter=False, save_on_train_epoch_end=True)
     chosen = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
     settings = trainer_settings(cfg.trainer, BackgroundCheckpointIO())
     if settings["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in [*chosen, *callbacks]):
