@@ -8,19 +8,14 @@ torch with it) in this rare case only.
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_object
-
+from descent.arguments import HYDRA_KEYS, target_parameters
 from descent.errors import require
-
-HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
-"""What Hydra's `instantiate` reads under any node with a `_target_`, whatever the class."""
 
 SET_BY_DESCENT = {
     "data.batch_size": "batch_size",
@@ -208,59 +203,6 @@ def raise_problem(problem: Problem, override: Any, configs: Configs, command: Co
         )
         require(False, f"{key} is not {what}, which takes {takes or 'no settings'}: drop it ({fix})")
     require(False, f"{key} is not a setting ({command.program} --cfg job lists them): drop it ({fix})")
-
-
-# A class's arguments
-
-
-def target_parameters(target: str) -> frozenset[str] | None:
-    """The keyword arguments `target` (a class or function, as `_target_` names it) accepts, its bases' included
-    while its `__init__` passes **kwargs on; None when it takes any, or cannot be imported (Hydra will say why).
-    Imported only for a key that no config lists, a class's own argument or a typo: then torch may load first."""
-    try:
-        built = get_object(target)
-    except Exception:
-        return None
-    names: set[str] = set()
-    for function in initialisers(built):
-        found = keywords(function)
-        if found is None:
-            return None
-        names |= found[0]
-        if not found[1]:
-            return frozenset(names)
-    return frozenset(names) if isinstance(built, type) else None
-
-
-def closed_parameters(target: str) -> frozenset[str] | None:
-    """The keyword arguments `target` takes where its signature names all of them; None where it takes **kwargs
-    (a class may keep them for later, as a DDP strategy or a logger does, rather than pass them to its base), is
-    built by a `__new__` (torchmetrics' task wrappers), or cannot be imported: what a config file may give it."""
-    try:
-        built = get_object(target)
-    except Exception:
-        return None
-    if isinstance(built, type) and any("__new__" in vars(cls) for cls in built.__mro__ if cls is not object):
-        return None
-    found = keywords(next(iter(initialisers(built)), object.__init__))
-    return frozenset(found[0]) if found is not None and not found[1] else None
-
-
-def initialisers(built: Any) -> list[Any]:
-    """What a call of `built` runs: a function itself, or a class's `__init__`s from its own to its bases'."""
-    if not isinstance(built, type):
-        return [built]
-    return [cls.__init__ for cls in built.__mro__ if "__init__" in vars(cls) and cls is not object]
-
-
-def keywords(function: Any) -> tuple[set[str], bool] | None:
-    """The keyword arguments `function` names, and whether it takes **kwargs besides; None without a signature."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class Configs:

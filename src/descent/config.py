@@ -8,6 +8,7 @@ import inspect
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from descent.arguments import check_node_arguments
 from descent.errors import DescentError, is_number, is_whole, require
 from descent.monitor import check_monitor
 
@@ -128,7 +129,7 @@ def check_config(cfg: DictConfig) -> None:
         f"progress_every_minutes={minutes!r} is not allowed: give a positive number of minutes, or null (off)",
     )
     check_net(cfg.model)  # imports the network's module, hence torch: after the checks that need neither
-    check_node_arguments(cfg)
+    check_node_arguments(cfg)  # descent.arguments
     check_plugins(cfg.trainer)
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda"):
@@ -176,37 +177,6 @@ def check_net(model: DictConfig) -> None:
         check(**settings)
     if backprop == "manual":
         check_mlp(build if isinstance(build, type) else object)
-
-
-def check_node_arguments(cfg: DictConfig) -> None:
-    """Every key of a node that builds a class (`_target_`) is an argument of that class, where its signature names
-    them all: a typo in a config file (`lrr: 0.1` in an optimizer yaml of one's own) is one line before training,
-    not a traceback once the optimizer is built, nor a setting dropped. A class taking **kwargs may take any key.
-    The command line's keys are checked before Hydra runs (descent.command_keys); model.net by `check_net`."""
-    import difflib
-
-    from descent.command_keys import HYDRA_KEYS, closed_parameters
-
-    def visit(node: object, path: str) -> None:
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                visit(item, f"{path}[{i}]")
-            return
-        if not isinstance(node, dict):
-            return
-        target = node.get("_target_")
-        parameters = closed_parameters(target) if isinstance(target, str) and path != "model.net" else None
-        for key in node if parameters is not None else ():
-            if isinstance(key, str) and key not in HYDRA_KEYS and key not in parameters:
-                near = difflib.get_close_matches(key, sorted(parameters), n=1)
-                takes = f"it takes {', '.join(sorted(parameters))}" if parameters else "it takes no arguments"
-                hint = f"did you mean {path}.{near[0]}?" if near else takes
-                require(False, f"{path}.{key} is set in a config file, but {target} takes no {key}: {hint}")
-        for key, value in node.items():
-            if key != "hydra":
-                visit(value, f"{path}.{key}".lstrip("."))
-
-    visit(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def check_plugins(trainer: DictConfig) -> None:
